@@ -1,0 +1,52 @@
+# cascade — the two commands a fresh machine needs are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+SGLANG_VERSION := 0.5.23
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup run test lint bench redis-server contract-deps clean
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cascade needs Python 3.11+"'
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "installing python3-venv"; $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(PIP) install -q -U pip
+	$(PIP) install -q -e '.[dev]'
+	@touch $@
+
+setup: $(VENV)/.installed
+
+# SGLang's own request/response models and parsers, for the contract suite: the package itself
+# without its (GPU) dependencies, plus the few packages those modules import.
+$(VENV)/.contract: $(VENV)/.installed tests/contract/requirements.txt
+	$(PIP) install -q --no-deps sglang==$(SGLANG_VERSION)
+	$(PIP) install -q -r tests/contract/requirements.txt
+	@touch $@
+
+contract-deps: $(VENV)/.contract
+
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server"; $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq redis-server; }
+
+run: setup redis-server
+	$(VENV)/bin/cascade up
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy app tools workers
+
+test: contract-deps redis-server lint
+	$(PY) -m pytest -q
+
+bench: setup redis-server
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

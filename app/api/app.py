@@ -1,0 +1,116 @@
+"""The HTTP application: construction, lifespan, health and model listing.
+
+`create_app(settings)` owns one runtime client and one Redis connection pool for the process;
+both are opened in the lifespan and closed on shutdown. Endpoints that need the model come in
+their own routers; this module wires them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import ORJSONResponse
+
+from app import __version__
+from app.api.auth import authenticate
+from app.api.errors import install_error_handlers
+from app.api.middleware import RequestIdMiddleware
+from app.config import Settings
+from app.runtime import SGLangClient
+from app.runtime.guard import GuardedRuntime
+
+log = structlog.get_logger(__name__)
+
+
+async def redis_state(client: aioredis.Redis | None) -> dict[str, Any]:
+    if client is None:
+        return {"ok": False, "detail": "CASCADE_REDIS_URL is not set"}
+    try:
+        await client.ping()
+    except Exception as exc:  # any failure means "not ready"; the type is enough for the log
+        log.warning("redis_unreachable", exc_type=type(exc).__name__)
+        return {"ok": False, "detail": "not reachable"}
+    return {"ok": True, "detail": "ok"}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = SGLangClient(settings)
+        app.state.runtime_client = client
+        app.state.runtime = GuardedRuntime(client, settings)
+        app.state.redis = (
+            aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
+            if settings.redis_url
+            else None
+        )
+        if not settings.auth_enabled:
+            log.warning(
+                "auth_disabled",
+                detail="CASCADE_API_KEYS is unset: every caller is accepted as the local owner",
+            )
+        log.info("api_started", runtime=settings.runtime_base, version=__version__)
+        try:
+            yield
+        finally:
+            await client.aclose()
+            if app.state.redis is not None:
+                await app.state.redis.aclose()
+
+    app = FastAPI(
+        title="cascade",
+        version=__version__,
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers. Says nothing about the runtime or Redis."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> ORJSONResponse:
+        """Readiness: the runtime is reachable and Redis answers; 503 names what is missing."""
+        client: SGLangClient = request.app.state.runtime_client
+        health = await client.health()
+        redis = await redis_state(request.app.state.redis)
+        runtime = {
+            "ok": health.reachable,
+            "reachable": health.reachable,
+            "healthy": health.healthy,
+            "url": settings.runtime_base,
+            "model": health.model,
+            "detail": health.detail,
+        }
+        if not health.reachable:
+            runtime["detail"] = (
+                f"the SGLang runtime at {settings.runtime_base} is not reachable; start it with "
+                "`cascade runtime` (or `docker compose up sglang`) or set CASCADE_RUNTIME_URL"
+            )
+        ready = health.reachable and bool(redis["ok"])
+        body = {"status": "ready" if ready else "not_ready", "runtime": runtime, "redis": redis}
+        return ORJSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/v1/models", dependencies=[Depends(authenticate)])
+    async def list_models(request: Request) -> dict[str, Any]:
+        """The runtime's model list (OpenAI shape)."""
+        client: SGLangClient = request.app.state.runtime_client
+        return await client.list_models()
+
+    return app
+
+
+def get_runtime(request: Request) -> GuardedRuntime:
+    runtime: GuardedRuntime = request.app.state.runtime
+    return runtime

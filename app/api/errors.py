@@ -1,0 +1,61 @@
+"""The one place where errors become HTTP responses (OpenAI-shaped JSON).
+
+Unknown exceptions are logged with their traceback and answered with a generic 500: their text
+never reaches the client.
+"""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import CascadeError, InternalError, InvalidRequestError
+
+log = structlog.get_logger(__name__)
+
+
+def error_response(error: CascadeError) -> ORJSONResponse:
+    return ORJSONResponse(error.to_body(), status_code=error.status, headers=error.headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request body", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    param = ".".join(loc) or None
+    where = f" at {param}" if param else ""
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{first.get('msg', 'invalid value')}{where}{more}", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CascadeError)
+    async def _cascade(_: Request, exc: CascadeError) -> ORJSONResponse:
+        if exc.status >= 500:
+            log.warning("request_failed", status=exc.status, code=exc.code)
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(InvalidRequestError(message, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        error = CascadeError(
+            "not found" if exc.status_code == 404 else "request not allowed",
+            code="not_found" if exc.status_code == 404 else "http_error",
+        )
+        error.status = exc.status_code
+        error.type = "invalid_request_error"
+        return error_response(error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+        log.error("unhandled_exception", exc_type=type(exc).__name__, exc_info=exc)
+        return error_response(InternalError("internal error; the operator can find it in the log"))

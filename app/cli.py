@@ -1,0 +1,140 @@
+"""The `cascade` command.
+
+Sub-commands: `serve` (the HTTP API), `worker` (a batch worker), `up` (Redis if needed + API +
+one worker, supervised), `runtime` (print or launch the SGLang command for a hardware profile).
+Configuration errors exit with status 2 and a message naming each bad variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from app.errors import ConfigError
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.api.app import create_app
+    from app.config import load_settings
+    from app.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    host = args.host or settings.host
+    port = args.port or settings.port
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from app.config import load_settings
+    from app.logs import configure_logging
+    from workers.main import run_worker
+
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return asyncio.run(run_worker(settings, name=args.name))
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from app.config import load_settings
+    from app.logs import configure_logging
+    from app.supervisor import run_up
+
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return asyncio.run(run_up(settings, workers=args.workers))
+
+
+def _cmd_runtime(args: argparse.Namespace) -> int:
+    from app.runtime.launch import PROFILES, build_launch_command, format_command
+
+    if args.list_profiles:
+        for name, spec in PROFILES.items():
+            print(f"{name:12s} {spec.description}")
+        return 0
+    argv = build_launch_command(
+        args.profile,
+        host=args.host,
+        port=args.port,
+        api_key_env=None if args.no_api_key else "CASCADE_RUNTIME_API_KEY",
+    )
+    if args.print:
+        print(format_command(argv))
+        return 0
+    from app.runtime_launcher import launch_and_wait
+
+    return launch_and_wait(argv, port=args.port, ready_timeout=args.ready_timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cascade",
+        description="cascade: an agentic assistant service in front of an SGLang runtime.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the HTTP API (OpenAI-compatible)")
+    serve.add_argument("--host", help="bind address (default CASCADE_HOST)")
+    serve.add_argument("--port", type=int, help="port (default CASCADE_PORT)")
+    serve.set_defaults(func=_cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a batch worker")
+    worker.add_argument("--name", help="consumer name (default: host and pid)")
+    worker.set_defaults(func=_cmd_worker)
+
+    up = sub.add_parser(
+        "up", help="start Redis (when CASCADE_REDIS_URL is unset), the API and a worker"
+    )
+    up.add_argument("--workers", type=int, default=1, help="number of workers (default 1)")
+    up.set_defaults(func=_cmd_up)
+
+    runtime = sub.add_parser("runtime", help="print or launch the SGLang runtime for this model")
+    runtime.add_argument("--profile", default="h100-fp8", help="hardware profile")
+    runtime.add_argument("--print", action="store_true", help="print the command, do not run it")
+    runtime.add_argument("--list-profiles", action="store_true", help="list the profiles")
+    runtime.add_argument("--host", default="0.0.0.0")
+    runtime.add_argument("--port", type=int, default=30000)
+    runtime.add_argument(
+        "--no-api-key", action="store_true", help="do not pass --api-key to the runtime"
+    )
+    runtime.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds to wait for the runtime to become healthy (first start compiles kernels)",
+    )
+    runtime.set_defaults(func=_cmd_runtime)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"cascade: {exc.message}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"cascade: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

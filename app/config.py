@@ -1,0 +1,173 @@
+"""Configuration from `CASCADE_*` environment variables, validated once at start.
+
+Every setting has a default that works on a single homelab box; `load_settings()` turns a
+validation failure into a `ConfigError` whose message names each bad variable and why, without
+echoing secret values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """cascade's settings. Field `x` is read from env `CASCADE_X`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CASCADE_",
+        env_file=None,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- the runtime (SGLang) ---
+    runtime_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("http://127.0.0.1:30000"),
+        description="Base URL of the SGLang runtime (or SGLang router).",
+    )
+    runtime_api_key: SecretStr | None = Field(
+        default=None, description="Bearer key the runtime was started with (--api-key)."
+    )
+    model: str | None = Field(
+        default=None,
+        description="Served model name; unset = ask the runtime (/model_info).",
+    )
+    runtime_connect_timeout: float = Field(default=3.0, gt=0, description="Seconds.")
+    runtime_read_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds without a byte from the runtime before a call fails.",
+    )
+    runtime_total_timeout: float = Field(
+        default=1800.0, gt=0, description="Seconds a whole runtime call may take."
+    )
+    runtime_max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries on connection errors, 429 and 5xx."
+    )
+    runtime_retry_backoff: float = Field(
+        default=0.25, gt=0, description="Base of the jittered exponential backoff, seconds."
+    )
+    runtime_max_connections: int = Field(default=256, ge=1)
+
+    # --- thinking and sampling ---
+    thinking_default: bool = Field(
+        default=False, description="Thinking on when a request does not say."
+    )
+    thinking_budget_default: int = Field(
+        default=3000, ge=1, description="Reasoning tokens granted when a request does not say."
+    )
+    thinking_budget_max: int = Field(
+        default=16000, ge=1, description="Upper bound on any requested thinking budget."
+    )
+    budget_margin: int = Field(
+        default=32,
+        ge=0,
+        description="Reasoning tokens tolerated beyond the budget before cascade cuts it.",
+    )
+    answer_tokens_default: int = Field(
+        default=4096,
+        ge=16,
+        description="Answer tokens allowed beyond the thinking budget when max_tokens is unset.",
+    )
+    answer_tokens_min: int = Field(
+        default=256,
+        ge=1,
+        description="Answer tokens always left beyond the thinking budget.",
+    )
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    top_k: int = Field(default=20, ge=-1)
+    repetition_penalty: float = Field(default=1.1, gt=0, le=2)
+    allow_greedy: bool = Field(
+        default=False,
+        description="Allow temperature 0 (this model loops when decoded greedily).",
+    )
+
+    # --- storage and service ---
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL; unset = `cascade up` starts a local redis-server.",
+    )
+    state_dir: Path = Field(default=Path("./state"), description="Local state (Redis data).")
+    host: str = Field(default="127.0.0.1")
+    port: int = Field(default=8080, ge=1, le=65535)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated client API keys; unset = auth off.",
+    )
+    log_format: Literal["auto", "json", "console"] = Field(default="auto")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_budgets(self) -> Settings:
+        if self.thinking_budget_default > self.thinking_budget_max:
+            raise ValueError(
+                "CASCADE_THINKING_BUDGET_DEFAULT must not exceed CASCADE_THINKING_BUDGET_MAX"
+            )
+        return self
+
+    @property
+    def runtime_base(self) -> str:
+        """The runtime URL without a trailing slash."""
+        return str(self.runtime_url).rstrip("/")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @cached_property
+    def api_key_digests(self) -> dict[str, str]:
+        """sha256 digest of each client key → a short key id (the owner id of its sessions).
+
+        Only digests are kept for comparison; the raw keys are not needed after start.
+        """
+        out: dict[str, str] = {}
+        for key in self.api_keys:
+            digest = hashlib.sha256(key.get_secret_value().encode()).hexdigest()
+            out[digest] = "key_" + digest[:12]
+        return out
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate settings; raise `ConfigError` naming every bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(part) for part in err["loc"]) or "settings"
+            var = f"CASCADE_{loc.upper()}" if loc != "settings" else "settings"
+            # err["msg"] describes the rule, never the (possibly secret) value.
+            problems.append(f"{var}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

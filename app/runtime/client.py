@@ -1,0 +1,380 @@
+"""The SGLang HTTP client: the only code in cascade that talks to the runtime.
+
+Contracts:
+- One pooled `httpx.AsyncClient` per `SGLangClient`; `aclose()` releases it.
+- Retries (bounded, jittered exponential backoff) happen only on connection errors, 429 (after
+  `Retry-After`) and 5xx, and only before any chunk was handed to the caller: a stream that breaks
+  after its first chunk raises, it is never silently restarted (that would duplicate tokens).
+- Every failure is a typed `CascadeError`; upstream error text goes to the log (truncated), never
+  into the error message.
+- This layer does not enforce thinking budgets: `app.runtime.guard.GuardedRuntime` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+
+from app.config import Settings
+from app.errors import (
+    CascadeError,
+    InvalidRequestError,
+    RuntimeUnavailableError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from app.runtime.body import build_chat_body, new_rid
+from app.runtime.models import (
+    Chunk,
+    ChunkStream,
+    Completion,
+    RuntimeHealth,
+    RuntimeRequest,
+    ToolCall,
+    ToolCallFunction,
+)
+from app.runtime.sse import (
+    DONE,
+    SSEDecoder,
+    StreamErrorEvent,
+    StreamProtocolError,
+    as_finish_reason,
+    chunk_from_event,
+    parse_usage,
+)
+
+log = structlog.get_logger(__name__)
+
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class _Retryable(Exception):
+    """Internal: an attempt failed in a way that may be retried."""
+
+    def __init__(self, error: CascadeError, retry_after: float | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class SGLangClient:
+    """Raw access to one SGLang runtime (or an SGLang router in front of several)."""
+
+    def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None):
+        self.settings = settings
+        headers = {"content-type": "application/json"}
+        if settings.runtime_api_key is not None:
+            headers["authorization"] = f"Bearer {settings.runtime_api_key.get_secret_value()}"
+        self._http = httpx.AsyncClient(
+            base_url=settings.runtime_base,
+            headers=headers,
+            timeout=httpx.Timeout(
+                connect=settings.runtime_connect_timeout,
+                read=settings.runtime_read_timeout,
+                write=settings.runtime_read_timeout,
+                pool=settings.runtime_connect_timeout,
+            ),
+            limits=httpx.Limits(
+                max_connections=settings.runtime_max_connections,
+                max_keepalive_connections=settings.runtime_max_connections,
+            ),
+            transport=transport,
+        )
+        self._model: str | None = settings.model
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _unavailable(self, what: str) -> RuntimeUnavailableError:
+        return RuntimeUnavailableError(
+            f"the SGLang runtime at {self.settings.runtime_base} {what}; start it "
+            "(`cascade runtime` or `docker compose up sglang`) or point CASCADE_RUNTIME_URL at it",
+            retry_after=5,
+        )
+
+    def _error_for_status(self, response: httpx.Response, body: bytes) -> CascadeError:
+        status = response.status_code
+        log.warning(
+            "runtime_error_response",
+            status=status,
+            upstream_message=body[:300].decode("utf-8", "replace"),
+        )
+        if status == 400:
+            return InvalidRequestError(
+                "the runtime rejected the request (for example: prompt longer than the context "
+                "window, or an unsupported parameter)",
+                code="runtime_rejected_request",
+            )
+        if status in (401, 403):
+            return UpstreamError(
+                "the runtime refused cascade's credentials; check CASCADE_RUNTIME_API_KEY",
+                code="runtime_auth_failed",
+            )
+        if status == 429:
+            return RuntimeUnavailableError(
+                "the runtime is overloaded; retry shortly",
+                retry_after=_retry_after(response) or 5,
+                code="runtime_overloaded",
+            )
+        if status in (502, 503, 504):
+            return self._unavailable("is not ready")
+        return UpstreamError(f"the runtime failed with HTTP {status}", code="runtime_error")
+
+    async def _backoff(self, attempt: int, retry_after: float | None) -> None:
+        base = self.settings.runtime_retry_backoff * (2**attempt)
+        delay = random.uniform(0.5 * base, 1.5 * base)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, 30.0))
+        await asyncio.sleep(delay)
+
+    @asynccontextmanager
+    async def _open(self, path: str, body: bytes, *, stream: bool) -> AsyncIterator[httpx.Response]:
+        """One POST attempt; yields a 200 response or raises (`_Retryable` when retrying helps)."""
+        request = self._http.build_request("POST", path, content=body)
+        try:
+            response = await self._http.send(request, stream=stream)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise _Retryable(self._unavailable("is not reachable")) from exc
+        except httpx.RemoteProtocolError as exc:
+            raise _Retryable(self._unavailable("closed the connection")) from exc
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError("the runtime did not answer in time") from exc
+        try:
+            if response.status_code != 200:
+                raw = await response.aread()
+                error = self._error_for_status(response, raw)
+                if response.status_code in _RETRY_STATUSES:
+                    raise _Retryable(error, _retry_after(response))
+                raise error
+            yield response
+        finally:
+            await response.aclose()
+
+    # --------------------------------------------------------------- public API
+
+    async def model_name(self) -> str:
+        """The served model name: configured, or asked of the runtime once."""
+        if self._model is None:
+            health = await self.health()
+            if not health.reachable or health.model is None:
+                raise self._unavailable("is not reachable")
+            self._model = health.model
+        return self._model
+
+    async def complete(self, req: RuntimeRequest, *, rid: str | None = None) -> Completion:
+        """One non-streamed generation (no budget guard at this layer)."""
+        rid = rid or new_rid()
+        model = await self.model_name()
+        body = orjson.dumps(build_chat_body(req, self.settings, model=model, rid=rid, stream=False))
+        attempts = self.settings.runtime_max_retries + 1
+        for attempt in range(attempts):
+            try:
+                async with asyncio.timeout(self.settings.runtime_total_timeout):
+                    async with self._open("/v1/chat/completions", body, stream=False) as response:
+                        data = orjson.loads(response.content)
+                return _completion_from_body(data, rid=rid, model=model)
+            except _Retryable as retry:
+                if attempt + 1 >= attempts:
+                    raise retry.error from None
+                log.info("runtime_retry", rid=rid, attempt=attempt + 1, reason=retry.error.code)
+                await self._backoff(attempt, retry.retry_after)
+            except TimeoutError as exc:
+                raise UpstreamTimeoutError("the runtime did not finish in time") from exc
+            except orjson.JSONDecodeError as exc:
+                raise UpstreamError("the runtime sent a malformed response") from exc
+        raise AssertionError("unreachable")
+
+    async def stream(self, req: RuntimeRequest, *, rid: str | None = None) -> ChunkStream:
+        """Stream one generation as `Chunk`s; the last one carries finish reason and usage.
+
+        Closing the iterator early closes the HTTP stream (SGLang aborts on disconnect); callers
+        that stop early should also `abort(rid)`, which is immediate.
+        """
+        rid = rid or new_rid()
+        model = await self.model_name()
+        body = orjson.dumps(build_chat_body(req, self.settings, model=model, rid=rid, stream=True))
+        deadline = time.monotonic() + self.settings.runtime_total_timeout
+        attempts = self.settings.runtime_max_retries + 1
+        for attempt in range(attempts):
+            handed_on = False
+            try:
+                async with self._open("/v1/chat/completions", body, stream=True) as response:
+                    decoder = SSEDecoder()
+                    pending: Chunk | None = None
+                    finished = False
+                    async for data in response.aiter_bytes():
+                        for event in decoder.feed(data):
+                            if event is DONE:
+                                finished = True
+                                break
+                            chunk = chunk_from_event(event)  # type: ignore[arg-type]
+                            if chunk is None:
+                                continue
+                            chunk.rid = rid
+                            if chunk.usage is not None and pending is not None:
+                                # The usage-only chunk follows the finish chunk: merge them.
+                                pending.usage = chunk.usage
+                                continue
+                            if pending is not None:
+                                handed_on = True
+                                yield pending
+                            pending = chunk
+                        if finished:
+                            break
+                        if time.monotonic() > deadline:
+                            raise UpstreamTimeoutError("the runtime did not finish in time")
+                    if not finished:
+                        raise _Retryable(self._unavailable("ended the stream early"))
+                    if pending is not None:
+                        if pending.finish_reason is None:
+                            pending.finish_reason = "stop"
+                        handed_on = True
+                        yield pending
+                    return
+            except _Retryable as retry:
+                error: CascadeError = retry.error
+                if handed_on or attempt + 1 >= attempts:
+                    raise _mid_stream(error, handed_on) from None
+                await self._backoff(attempt, retry.retry_after)
+            except StreamProtocolError:
+                if handed_on or attempt + 1 >= attempts:
+                    raise UpstreamError(
+                        "the runtime sent a malformed stream event", code="runtime_bad_stream"
+                    ) from None
+                log.warning("runtime_malformed_stream", rid=rid, attempt=attempt + 1)
+                await self._backoff(attempt, None)
+            except StreamErrorEvent as exc:
+                log.warning(
+                    "runtime_stream_error",
+                    rid=rid,
+                    upstream_code=exc.upstream_code,
+                    upstream_message=exc.upstream_message[:300],
+                )
+                if exc.upstream_code == 400:
+                    raise InvalidRequestError(
+                        "the runtime rejected the request", code="runtime_rejected_request"
+                    ) from None
+                raise UpstreamError(
+                    "the runtime reported an error during generation", code="runtime_error"
+                ) from None
+            except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
+                if handed_on or attempt + 1 >= attempts:
+                    raise _mid_stream(self._unavailable("closed the stream"), handed_on) from exc
+                await self._backoff(attempt, None)
+            except httpx.ReadTimeout as exc:
+                raise UpstreamTimeoutError("the runtime stopped sending tokens") from exc
+
+    async def abort(self, rid: str) -> bool:
+        """Ask the runtime to abort `rid` (SGLang matches by prefix; our rids are prefix-free).
+
+        Best effort and quick: returns False when the runtime could not be told.
+        """
+        try:
+            response = await self._http.post(
+                "/abort_request", json={"rid": rid, "abort_all": False}, timeout=5.0
+            )
+        except httpx.HTTPError:
+            log.warning("runtime_abort_failed", rid=rid)
+            return False
+        return response.status_code == 200
+
+    async def health(self) -> RuntimeHealth:
+        """Reachability (`/model_info`) and health (`/health`); never raises.
+
+        A real runtime answers `/model_info` at once but `/health` only after a first generation
+        succeeded, so both are reported.
+        """
+        try:
+            info = await self._http.get("/model_info", timeout=3.0)
+        except httpx.HTTPError:
+            return RuntimeHealth(reachable=False, healthy=False, detail="not reachable")
+        if info.status_code != 200:
+            return RuntimeHealth(
+                reachable=True, healthy=False, detail=f"/model_info answered {info.status_code}"
+            )
+        try:
+            data = orjson.loads(info.content)
+        except orjson.JSONDecodeError:
+            data = {}
+        healthy = False
+        try:
+            health = await self._http.get("/health", timeout=3.0)
+            healthy = health.status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        return RuntimeHealth(
+            reachable=True,
+            healthy=healthy,
+            model=data.get("served_model_name") or data.get("model_path"),
+            model_path=data.get("model_path"),
+            reasoning_parser=data.get("reasoning_parser"),
+            tool_call_parser=data.get("tool_call_parser"),
+            has_image_understanding=data.get("has_image_understanding"),
+            detail="ok" if healthy else "reachable; /health not yet 200 (warming up?)",
+        )
+
+    async def list_models(self) -> dict[str, Any]:
+        """The runtime's `/v1/models` body."""
+        try:
+            response = await self._http.get("/v1/models", timeout=5.0)
+        except httpx.HTTPError:
+            raise self._unavailable("is not reachable") from None
+        if response.status_code != 200:
+            raise self._error_for_status(response, response.content)
+        data: dict[str, Any] = orjson.loads(response.content)
+        return data
+
+
+def _mid_stream(error: CascadeError, handed_on: bool) -> CascadeError:
+    if not handed_on:
+        return error
+    return UpstreamError(
+        "the runtime's stream broke off mid-answer", code="runtime_stream_interrupted"
+    )
+
+
+def _completion_from_body(data: dict[str, Any], *, rid: str, model: str) -> Completion:
+    choices = data.get("choices") or []
+    if not choices:
+        raise UpstreamError("the runtime sent a response without choices")
+    choice = choices[0]
+    message = choice.get("message") or {}
+    calls = [
+        ToolCall(
+            id=call.get("id") or f"call_{i}",
+            function=ToolCallFunction(
+                name=(call.get("function") or {}).get("name") or "",
+                arguments=(call.get("function") or {}).get("arguments") or "{}",
+            ),
+        )
+        for i, call in enumerate(message.get("tool_calls") or [])
+    ]
+    return Completion(
+        rid=rid,
+        model=data.get("model") or model,
+        content=message.get("content") or "",
+        reasoning_content=message.get("reasoning_content"),
+        tool_calls=calls,
+        finish_reason=as_finish_reason(choice.get("finish_reason")),
+        usage=parse_usage(data.get("usage")),
+    )

@@ -1,0 +1,247 @@
+"""The thinking-budget guard: cascade enforces budgets even when the runtime does not.
+
+SGLang's strict thinking closes reasoning at the budget, but sglang issue #25536 reports budgets
+not enforced for Qwen3.6-27B. So every thinking call is streamed from the runtime and its reasoning
+tokens counted as they arrive (exactly, from `continuous_usage_stats`; estimated from text when a
+runtime does not report them). When
+
+- reasoning passes `budget + margin` tokens, or
+- the runtime stops with `finish_reason: "length"` while still reasoning,
+
+the guard aborts the runtime request and continues the *answer* in a second request: the reasoning
+so far is sent back as the final assistant message with `continue_final_message`, thinking off and
+`preserve_thinking` on, which a real runtime renders with a closed `</think>` and classifies as
+content. The caller therefore always gets an answer, and reasoning handed on never exceeds
+`budget + margin` counted tokens (the chunk that would cross it is dropped, not cut).
+
+Non-streamed calls with thinking on are streamed internally for the same reason; the result is
+the aggregate. Usage of both requests is summed; `ThinkingReport.closed_by_guard` says the guard
+stepped in.
+"""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+from typing import Protocol
+
+import structlog
+
+from app.config import Settings
+from app.runtime.body import answer_allowance, new_rid
+from app.runtime.models import (
+    Chunk,
+    ChunkStream,
+    Completion,
+    FinishReason,
+    RuntimeHealth,
+    RuntimeRequest,
+    ThinkingReport,
+    ToolCall,
+    ToolCallFunction,
+    Usage,
+)
+
+log = structlog.get_logger(__name__)
+
+
+class Runtime(Protocol):
+    """What the agent needs from a model runtime."""
+
+    async def complete(self, req: RuntimeRequest, *, rid: str | None = None) -> Completion: ...
+
+    def stream(self, req: RuntimeRequest, *, rid: str | None = None) -> ChunkStream: ...
+
+    async def abort(self, rid: str) -> bool: ...
+
+    async def health(self) -> RuntimeHealth: ...
+
+    async def model_name(self) -> str: ...
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count when the runtime reports none: ~4 characters a token, at least 1."""
+    return max(1, len(text) // 4)
+
+
+class GuardedRuntime:
+    """A `Runtime` that enforces thinking budgets on top of another (normally `SGLangClient`)."""
+
+    def __init__(self, inner: Runtime, settings: Settings) -> None:
+        self.inner = inner
+        self.settings = settings
+
+    async def abort(self, rid: str) -> bool:
+        return await self.inner.abort(rid)
+
+    async def health(self) -> RuntimeHealth:
+        return await self.inner.health()
+
+    async def model_name(self) -> str:
+        return await self.inner.model_name()
+
+    async def complete(self, req: RuntimeRequest, *, rid: str | None = None) -> Completion:
+        if not req.thinking or req.thinking_budget is None:
+            completion = await self.inner.complete(req, rid=rid)
+            completion.thinking = ThinkingReport(
+                enabled=req.thinking,
+                budget=req.thinking_budget,
+                used=completion.usage.reasoning_tokens,
+            )
+            return completion
+        rid = rid or new_rid()
+        async with aclosing(self.stream(req, rid=rid)) as chunks:
+            return await collect(chunks, rid=rid, model=await self.inner.model_name())
+
+    async def stream(self, req: RuntimeRequest, *, rid: str | None = None) -> ChunkStream:
+        rid = rid or new_rid()
+        if not req.thinking or req.thinking_budget is None:
+            async with aclosing(self.inner.stream(req, rid=rid)) as chunks:
+                async for chunk in chunks:
+                    if chunk.finish_reason is not None:
+                        used = chunk.usage.reasoning_tokens if chunk.usage else 0
+                        chunk.thinking = ThinkingReport(
+                            enabled=req.thinking, budget=req.thinking_budget, used=used
+                        )
+                    yield chunk
+            return
+
+        budget = req.thinking_budget
+        limit = budget + self.settings.budget_margin
+        counted = 0
+        answer_started = False
+        reasoning: list[str] = []
+        overran = False
+        final: Chunk | None = None
+        async with aclosing(self.inner.stream(req, rid=rid)) as chunks:
+            async for chunk in chunks:
+                if chunk.reasoning_content and not answer_started:
+                    now = (
+                        chunk.completion_tokens
+                        if chunk.completion_tokens is not None
+                        else counted + estimate_tokens(chunk.reasoning_content)
+                    )
+                    if now > limit:
+                        overran = True
+                        break
+                    counted = now
+                    reasoning.append(chunk.reasoning_content)
+                if chunk.content or chunk.tool_calls:
+                    answer_started = True
+                if chunk.finish_reason is not None:
+                    final = chunk
+                    break
+                yield chunk
+        if overran:
+            # Stop paying for reasoning nobody will see; closing the stream alone is lazy.
+            await self.inner.abort(rid)
+        still_reasoning = (
+            final is not None
+            and final.finish_reason == "length"
+            and not (answer_started or final.content or final.tool_calls)
+        )
+        if final is not None and not still_reasoning:
+            used = final.usage.reasoning_tokens if final.usage else counted
+            final.thinking = ThinkingReport(enabled=True, budget=budget, used=used or counted)
+            yield final
+            return
+        if final is None and not overran:
+            # The inner stream ended without a finish chunk: it raised, or was closed by us.
+            return
+        if final is not None and final.reasoning_content:
+            reasoning.append(final.reasoning_content)
+        first_usage = final.usage if final is not None and final.usage else Usage()
+        log.info(
+            "thinking_budget_guard",
+            rid=rid,
+            budget=budget,
+            counted=counted,
+            reason="overrun" if overran else "length_while_reasoning",
+        )
+        continuation = self._continue_answer(req, "".join(reasoning), rid, counted, first_usage)
+        async with aclosing(continuation) as answer:
+            async for chunk in answer:
+                yield chunk
+
+    async def _continue_answer(
+        self,
+        req: RuntimeRequest,
+        reasoning: str,
+        first_rid: str,
+        counted: int,
+        first_usage: Usage,
+    ) -> ChunkStream:
+        follow = req.model_copy(
+            update={
+                "messages": [
+                    *req.messages,
+                    {"role": "assistant", "content": "", "reasoning_content": reasoning},
+                ],
+                "thinking": False,
+                "thinking_budget": None,
+                "preserve_thinking": True,
+                "continue_final_message": True,
+                "max_answer_tokens": answer_allowance(req, self.settings),
+            }
+        )
+        rid = new_rid("g")
+        report = ThinkingReport(
+            enabled=True,
+            budget=req.thinking_budget,
+            used=first_usage.reasoning_tokens or counted,
+            closed_by_guard=True,
+        )
+        async with aclosing(self.inner.stream(follow, rid=rid)) as chunks:
+            async for chunk in chunks:
+                # A continuation is the answer: anything classified as reasoning is answer text.
+                if chunk.reasoning_content:
+                    chunk.content = (chunk.content or "") + chunk.reasoning_content
+                    chunk.reasoning_content = None
+                chunk.rid = first_rid
+                if chunk.finish_reason is not None:
+                    usage = chunk.usage or Usage()
+                    chunk.usage = first_usage.plus(usage)
+                    chunk.usage.reasoning_tokens = report.used
+                    chunk.thinking = report
+                yield chunk
+
+
+async def collect(chunks: ChunkStream, *, rid: str, model: str) -> Completion:
+    """Aggregate a chunk stream into a `Completion` (tool-call deltas merged by index)."""
+    content: list[str] = []
+    reasoning: list[str] = []
+    calls: dict[int, tuple[str, str, list[str]]] = {}
+    finish: FinishReason = "stop"
+    usage = Usage()
+    thinking = ThinkingReport(enabled=False)
+    async for chunk in chunks:
+        if chunk.reasoning_content:
+            reasoning.append(chunk.reasoning_content)
+        if chunk.content:
+            content.append(chunk.content)
+        for delta in chunk.tool_calls or ():
+            call_id, name, args = calls.get(delta.index, ("", "", []))
+            calls[delta.index] = (call_id or delta.id or "", name or delta.name or "", args)
+            args.append(delta.arguments)
+        if chunk.finish_reason is not None:
+            finish = chunk.finish_reason
+        if chunk.usage is not None:
+            usage = chunk.usage
+        if chunk.thinking is not None:
+            thinking = chunk.thinking
+    tool_calls = [
+        ToolCall(
+            id=call_id or f"call_{index}",
+            function=ToolCallFunction(name=name, arguments="".join(args) or "{}"),
+        )
+        for index, (call_id, name, args) in sorted(calls.items())
+    ]
+    return Completion(
+        rid=rid,
+        model=model,
+        content="".join(content),
+        reasoning_content="".join(reasoning) if reasoning else None,
+        tool_calls=tool_calls,
+        finish_reason=finish,
+        usage=usage,
+        thinking=thinking,
+    )

@@ -1,0 +1,161 @@
+"""Incremental decoding of SGLang's server-sent events into `Chunk`s.
+
+SGLang writes one `data: <json>\\n\\n` event per chunk and ends with `data: [DONE]`. Bytes arrive
+in arbitrary pieces, so the decoder buffers until a blank line. It never blocks and never holds
+more than one partial event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from app.runtime.models import Chunk, FinishReason, ToolCallDelta, Usage
+
+_FINISH_REASONS: frozenset[str] = frozenset(
+    {"stop", "length", "tool_calls", "abort", "content_filter"}
+)
+
+
+class StreamProtocolError(Exception):
+    """The runtime sent something that is not an SGLang chat-completion stream."""
+
+
+class StreamErrorEvent(Exception):
+    """The runtime sent an error event mid-stream (its text is for logs, not clients)."""
+
+    def __init__(self, upstream_message: str, upstream_code: int | None) -> None:
+        super().__init__(upstream_message)
+        self.upstream_message = upstream_message
+        self.upstream_code = upstream_code
+
+
+DONE = object()
+
+
+class SSEDecoder:
+    """Feed bytes, get decoded events (dicts, or `DONE`)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> Iterator[dict[str, Any] | object]:
+        buf = self._buf + data if self._buf else data
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            event = buf[start:end]
+            start = end + 2
+            decoded = _decode_event(event)
+            if decoded is not None:
+                yield decoded
+        self._buf = buf[start:]
+
+    @property
+    def pending(self) -> bool:
+        """True when a partial event is buffered (a stream cut mid-event)."""
+        return bool(self._buf.strip())
+
+
+def _decode_event(event: bytes) -> dict[str, Any] | object | None:
+    payload = b""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            piece = line[5:]
+            if piece.startswith(b" "):
+                piece = piece[1:]
+            payload = piece if not payload else payload + b"\n" + piece
+        # Comments (":") and other fields (event:, id:, retry:) carry nothing for us.
+    if not payload:
+        return None
+    if payload == b"[DONE]":
+        return DONE
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise StreamProtocolError("malformed stream event") from exc
+    if not isinstance(obj, dict):
+        raise StreamProtocolError("stream event is not an object")
+    return obj
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    reasoning = raw.get("reasoning_tokens")
+    if reasoning is None:
+        reasoning = completion_details.get("reasoning_tokens")
+    return Usage(
+        prompt_tokens=raw.get("prompt_tokens") or 0,
+        completion_tokens=raw.get("completion_tokens") or 0,
+        total_tokens=raw.get("total_tokens") or 0,
+        reasoning_tokens=reasoning or 0,
+        cached_tokens=(details.get("cached_tokens") if isinstance(details, dict) else 0) or 0,
+    )
+
+
+def parse_usage(raw: Any) -> Usage:
+    """Usage from a response body; missing fields (they vary by SGLang version) read as 0."""
+    return _usage(raw) or Usage()
+
+
+def chunk_from_event(obj: dict[str, Any]) -> Chunk | None:
+    """One SGLang stream event → a `Chunk`, or None when it carries nothing.
+
+    Raises `StreamErrorEvent` for an error event.
+    """
+    if "error" in obj and "choices" not in obj:
+        err = obj["error"]
+        if isinstance(err, dict):
+            code = err.get("code")
+            raise StreamErrorEvent(
+                str(err.get("message", "")), code if isinstance(code, int) else None
+            )
+        raise StreamErrorEvent(str(err), None)
+    choices = obj.get("choices")
+    usage_raw = obj.get("usage")
+    if not choices:
+        usage = _usage(usage_raw)
+        return Chunk(usage=usage) if usage is not None else None
+    choice = choices[0]
+    delta = choice.get("delta") or {}
+    chunk = Chunk(
+        reasoning_content=delta.get("reasoning_content") or None,
+        content=delta.get("content") or None,
+    )
+    raw_calls = delta.get("tool_calls")
+    if raw_calls:
+        calls = []
+        for i, call in enumerate(raw_calls):
+            fn = call.get("function") or {}
+            idx = call.get("index")
+            calls.append(
+                ToolCallDelta(
+                    index=idx if isinstance(idx, int) else i,
+                    id=call.get("id"),
+                    name=fn.get("name"),
+                    arguments=fn.get("arguments") or "",
+                )
+            )
+        chunk.tool_calls = calls
+    finish = choice.get("finish_reason")
+    if finish is not None:
+        chunk.finish_reason = finish if finish in _FINISH_REASONS else "stop"
+    if isinstance(usage_raw, dict):
+        # continuous_usage_stats: running counts on every chunk.
+        chunk.completion_tokens = usage_raw.get("completion_tokens")
+    return chunk
+
+
+def as_finish_reason(value: Any) -> FinishReason:
+    return value if value in _FINISH_REASONS else "stop"

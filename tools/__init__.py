@@ -1,0 +1,1 @@
+"""Tools the agent can run: a registry and the built-in tools."""
