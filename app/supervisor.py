@@ -11,6 +11,7 @@ already appended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -62,9 +63,9 @@ def redis_command(data_dir: Path, port: int) -> list[str]:
     ]
 
 
-async def wait_for_redis(url: str, timeout: float = 15.0) -> None:
+async def wait_for_redis(url: str, wait_seconds: float = 15.0) -> None:
     client = aioredis.Redis.from_url(url)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_seconds
     try:
         while True:
             try:
@@ -153,10 +154,8 @@ async def run_up(settings: Settings, *, workers: int = 1) -> int:
                         break
                     log.warning("child_exited", child=child.name, status=child.proc.returncode)
                     await child.start()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
-            except TimeoutError:
-                pass
     finally:
         await asyncio.gather(*(child.stop(GRACE_SECONDS) for child in children))
         if redis_child is not None:

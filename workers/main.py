@@ -9,6 +9,7 @@ within `HEARTBEAT_TTL` seconds of it dying; a graceful stop deletes it at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -47,15 +48,11 @@ async def run_worker(settings: Settings, *, name: str | None = None) -> int:
                 await client.set(key, "alive", ex=HEARTBEAT_TTL)
             except RedisError as exc:
                 log.warning("worker_redis_unavailable", worker=name, exc_type=type(exc).__name__)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), HEARTBEAT_INTERVAL)
-            except TimeoutError:
-                pass
     finally:
-        try:
+        with contextlib.suppress(RedisError):
             await client.delete(key)
-        except RedisError:
-            pass
         await client.aclose()
         log.info("worker_stopped", worker=name)
     return 0
