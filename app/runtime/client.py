@@ -148,9 +148,12 @@ class SGLangClient:
         await asyncio.sleep(delay)
 
     @asynccontextmanager
-    async def _open(self, path: str, body: bytes, *, stream: bool) -> AsyncIterator[httpx.Response]:
+    async def _open(
+        self, path: str, body: bytes, *, stream: bool, routing_key: str | None = None
+    ) -> AsyncIterator[httpx.Response]:
         """One POST attempt; yields a 200 response or raises (`_Retryable` when retrying helps)."""
-        request = self._http.build_request("POST", path, content=body)
+        headers = {"x-smg-routing-key": routing_key} if routing_key else None
+        request = self._http.build_request("POST", path, content=body, headers=headers)
         try:
             response = await self._http.send(request, stream=stream)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -190,7 +193,9 @@ class SGLangClient:
         for attempt in range(attempts):
             try:
                 async with asyncio.timeout(self.settings.runtime_total_timeout):
-                    async with self._open("/v1/chat/completions", body, stream=False) as response:
+                    async with self._open(
+                        "/v1/chat/completions", body, stream=False, routing_key=req.routing_key
+                    ) as response:
                         data = orjson.loads(response.content)
                 return _completion_from_body(data, rid=rid, model=model)
             except _Retryable as retry:
@@ -218,7 +223,9 @@ class SGLangClient:
         for attempt in range(attempts):
             handed_on = False
             try:
-                async with self._open("/v1/chat/completions", body, stream=True) as response:
+                async with self._open(
+                    "/v1/chat/completions", body, stream=True, routing_key=req.routing_key
+                ) as response:
                     decoder = SSEDecoder()
                     pending: Chunk | None = None
                     finished = False
