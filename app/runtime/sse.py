@@ -151,6 +151,13 @@ def chunk_from_event(obj: dict[str, Any]) -> Chunk | None:
     finish = choice.get("finish_reason")
     if finish is not None:
         chunk.finish_reason = finish if finish in _FINISH_REASONS else "stop"
+    if (
+        chunk.reasoning_content is None
+        and chunk.content is None
+        and chunk.tool_calls is None
+        and chunk.finish_reason is None
+    ):
+        return None  # e.g. the opening role chunk: nothing to relay
     if isinstance(usage_raw, dict):
         # continuous_usage_stats: running counts on every chunk.
         chunk.completion_tokens = usage_raw.get("completion_tokens")
