@@ -14,12 +14,12 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import ORJSONResponse
 
 from app import __version__
 from app.api.auth import authenticate
 from app.api.errors import install_error_handlers
 from app.api.middleware import RequestIdMiddleware
+from app.api.responses import JSONResponse
 from app.config import Settings
 from app.runtime import SGLangClient
 from app.runtime.guard import GuardedRuntime
@@ -66,7 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
         title="cascade",
         version=__version__,
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
+        default_response_class=JSONResponse,
         docs_url=None,
         redoc_url=None,
     )
@@ -80,7 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz(request: Request) -> ORJSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         """Readiness: the runtime is reachable and Redis answers; 503 names what is missing."""
         client: SGLangClient = request.app.state.runtime_client
         health = await client.health()
@@ -100,7 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
             )
         ready = health.reachable and bool(redis["ok"])
         body = {"status": "ready" if ready else "not_ready", "runtime": runtime, "redis": redis}
-        return ORJSONResponse(body, status_code=200 if ready else 503)
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/v1/models", dependencies=[Depends(authenticate)])
     async def list_models(request: Request) -> dict[str, Any]:

@@ -9,16 +9,16 @@ from __future__ import annotations
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.responses import JSONResponse
 from app.errors import CascadeError, InternalError, InvalidRequestError
 
 log = structlog.get_logger(__name__)
 
 
-def error_response(error: CascadeError) -> ORJSONResponse:
-    return ORJSONResponse(error.to_body(), status_code=error.status, headers=error.headers)
+def error_response(error: CascadeError) -> JSONResponse:
+    return JSONResponse(error.to_body(), status_code=error.status, headers=error.headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -35,18 +35,18 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CascadeError)
-    async def _cascade(_: Request, exc: CascadeError) -> ORJSONResponse:
+    async def _cascade(_: Request, exc: CascadeError) -> JSONResponse:
         if exc.status >= 500:
             log.warning("request_failed", status=exc.status, code=exc.code)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
         return error_response(InvalidRequestError(message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = CascadeError(
             "not found" if exc.status_code == 404 else "request not allowed",
             code="not_found" if exc.status_code == 404 else "http_error",
@@ -56,6 +56,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(error)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled_exception", exc_type=type(exc).__name__, exc_info=exc)
         return error_response(InternalError("internal error; the operator can find it in the log"))
