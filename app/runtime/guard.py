@@ -8,11 +8,17 @@ runtime does not report them). When
 - reasoning passes `budget + margin` tokens, or
 - the runtime stops with `finish_reason: "length"` while still reasoning,
 
-the guard aborts the runtime request and continues the *answer* in a second request: the reasoning
-so far is sent back as the final assistant message with `continue_final_message`, thinking off and
-`preserve_thinking` on, which a real runtime renders with a closed `</think>` and classifies as
-content. The caller therefore always gets an answer, and reasoning handed on never exceeds
-`budget + margin` counted tokens (the chunk that would cross it is dropped, not cut).
+the guard aborts the runtime request and continues the *answer* in a second request. SGLang 0.5.23
+implements `continue_final_message` by removing the final assistant message, rendering the rest
+with the generation prompt and appending that message's *content* verbatim (its
+`reasoning_content` is not rendered; serving_chat `_handle_last_assistant_message`). So the
+reasoning so far is sent as that content, closed by cascade: `"{reasoning}\n</think>\n\n"`, with
+thinking on, which makes the prompt end `<think>\n{reasoning}\n</think>\n\n` exactly as if the
+model had closed its thinking itself. The reasoning parser sees `</think>` in the continued
+content and classifies the continuation as content; whatever a runtime classifies it as, the guard
+hands it on as answer text. No budget is sent with the continuation. The caller therefore always
+gets an answer, and reasoning handed on never exceeds `budget + margin` counted tokens (the chunk
+that would cross it is dropped, not cut).
 
 Non-streamed calls with thinking on are streamed internally for the same reason; the result is
 the aggregate. Usage of both requests is summed; `ThinkingReport.closed_by_guard` says the guard
@@ -56,6 +62,11 @@ class Runtime(Protocol):
     async def health(self) -> RuntimeHealth: ...
 
     async def model_name(self) -> str: ...
+
+
+def closed_thinking(reasoning: str) -> str:
+    """The assistant prefix that closes thinking after `reasoning` (the template's own layout)."""
+    return reasoning.rstrip("\n") + "\n</think>\n\n"
 
 
 def estimate_tokens(text: str) -> int:
@@ -174,11 +185,10 @@ class GuardedRuntime:
             update={
                 "messages": [
                     *req.messages,
-                    {"role": "assistant", "content": "", "reasoning_content": reasoning},
+                    {"role": "assistant", "content": closed_thinking(reasoning)},
                 ],
-                "thinking": False,
+                "thinking": True,
                 "thinking_budget": None,
-                "preserve_thinking": True,
                 "continue_final_message": True,
                 "max_answer_tokens": answer_allowance(req, self.settings),
             }
