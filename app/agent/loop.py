@@ -1,0 +1,426 @@
+"""The agent loop: history + new input → runtime → tool calls? → tools → runtime … → answer.
+
+One `AgentRun` is one client request. It is a small state machine whose step results are
+`Final`, `RunTools`, `ClientTools` or `Interrupted` (see `app.agent.models`); `events()` drives it
+and yields stream events, ending with `RunDone`. Contracts:
+
+- one thinking budget covers the whole run: each step gets what earlier steps left;
+- server tools run concurrently, each under its own timeout and output cap (the registry's);
+  a tool failure is the tool's output for the model, never a crash of the run;
+- client tools (declared in the request) end the run with `finish_reason: "tool_calls"`; server
+  calls of the same step run first and their results are part of the run's messages;
+- a tool call left in the reasoning or content as text is repaired when it parses cleanly into a
+  known tool; otherwise the model is told what was wrong and gets one more try;
+- `new_messages` (and `partial_messages()` after an interruption) are whole messages only:
+  an interrupted step contributes its text so far as one assistant message, marked interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from typing import Any
+
+import structlog
+
+from app.agent.models import (
+    AgentEvent,
+    ClientToolCallDelta,
+    ContentDelta,
+    ReasoningDelta,
+    RunConfig,
+    RunDone,
+    RunResult,
+    ToolProgress,
+)
+from app.agent.prompt import ImageSource, image_refs, runtime_messages
+from app.agent.repair import extract_calls, has_call_markup
+from app.runtime.body import new_rid
+from app.runtime.guard import Runtime
+from app.runtime.models import (
+    Completion,
+    FinishReason,
+    RuntimeRequest,
+    ThinkingReport,
+    ToolCall,
+    ToolCallFunction,
+    Usage,
+)
+from tools.registry import ConfirmationRequired, ToolContext, ToolPolicy, ToolRegistry, ToolResult
+
+log = structlog.get_logger(__name__)
+
+REPAIR_HINT = (
+    "[cascade] Your last tool call could not be used: {problems}. Write the call again, outside "
+    "the reasoning, in the exact <tool_call><function=NAME><parameter=KEY>VALUE</parameter>"
+    "</function></tool_call> format."
+)
+
+
+class AgentRun:
+    """One run of the loop for one request. Not reusable."""
+
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        registry: ToolRegistry | None,
+        media: ImageSource | None,
+        history: Sequence[dict[str, Any]],
+        new_messages: Sequence[dict[str, Any]],
+        config: RunConfig,
+        policy: ToolPolicy | None,
+        owner: str,
+        session_id: str | None,
+        redis: Any = None,
+        stream: bool = True,
+    ) -> None:
+        self.runtime = runtime
+        self.registry = registry
+        self.media = media
+        self.history = list(history)
+        self.config = config
+        self.policy = policy
+        self.owner = owner
+        self.session_id = session_id
+        self.redis = redis
+        self.stream = stream
+        self.produced: list[dict[str, Any]] = list(new_messages)
+        self.current_rid: str | None = None
+        self._streamed_client_calls = 0
+        self._step_reasoning: list[str] = []
+        self._step_content: list[str] = []
+        self.usage = Usage()
+        self.thinking_used = 0
+        self.guard_closed = False
+        self.steps = 0
+        server = set(config.server_tools)
+        if registry is not None:
+            server &= set(registry.names())
+        else:
+            server = set()
+        self.server_names = server
+        self.client_names = [t["function"]["name"] for t in config.client_tools]
+        clash = server & set(self.client_names)
+        if clash:
+            from app.errors import InvalidRequestError
+
+            raise InvalidRequestError(
+                f"client tool name(s) {', '.join(sorted(clash))} clash with server tools; "
+                "rename them or leave them out of server_tools",
+                param="tools",
+            )
+        server_defs = registry.schemas(sorted(server)) if registry is not None and server else []
+        self.tool_defs: list[dict[str, Any]] = [*server_defs, *config.client_tools]
+        self.tool_params = {
+            t["function"]["name"]: t["function"].get("parameters") or {} for t in self.tool_defs
+        }
+
+    # ------------------------------------------------------------------ helpers
+
+    def partial_messages(self) -> list[dict[str, Any]]:
+        """Messages to store after an interruption: whole ones, plus the cut step marked."""
+        out = list(self.produced)
+        if self._step_content or self._step_reasoning:
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": "".join(self._step_content),
+                    "reasoning_content": "".join(self._step_reasoning) or None,
+                    "meta": {"interrupted": True},
+                }
+            )
+        elif out and out[-1].get("role") != "assistant":
+            out.append({"role": "assistant", "content": "", "meta": {"interrupted": True}})
+        return out
+
+    def _budget_left(self) -> int | None:
+        if self.config.thinking_budget is None:
+            return None
+        return self.config.thinking_budget - self.thinking_used
+
+    def _request(self, messages: list[dict[str, Any]]) -> RuntimeRequest:
+        left = self._budget_left()
+        thinking = self.config.thinking and (left is None or left > 0)
+        return RuntimeRequest(
+            messages=messages,
+            tools=self.tool_defs or None,
+            tool_choice=self.config.tool_choice if self.tool_defs else None,
+            thinking=thinking,
+            thinking_budget=left if thinking else None,
+            preserve_thinking=self.config.preserve_thinking,
+            max_answer_tokens=self.config.max_answer_tokens,
+            routing_key=self.config.routing_key,
+            priority=self.config.priority,
+            **self.config.sampling,
+        )
+
+    async def _call_model(self, req: RuntimeRequest) -> AsyncIterator[AgentEvent | Completion]:
+        """One model call; streams text events (and client tool-call deltas), then the result."""
+        rid = new_rid()
+        self.current_rid = rid
+        self._step_reasoning = []
+        self._step_content = []
+        self._streamed_client_calls = 0
+        if not self.stream:
+            completion = await self.runtime.complete(req, rid=rid)
+            yield completion
+            return
+        calls: dict[int, tuple[str, str, list[str]]] = {}
+        client_index: dict[int, int] = {}
+        finish: FinishReason = "stop"
+        usage = Usage()
+        thinking = ThinkingReport(enabled=req.thinking)
+        async with aclosing(self.runtime.stream(req, rid=rid)) as chunks:
+            async for chunk in chunks:
+                if chunk.reasoning_content:
+                    self._step_reasoning.append(chunk.reasoning_content)
+                    yield ReasoningDelta(chunk.reasoning_content)
+                if chunk.content:
+                    self._step_content.append(chunk.content)
+                    yield ContentDelta(chunk.content)
+                for delta in chunk.tool_calls or ():
+                    call_id, name, args = calls.get(delta.index, ("", "", []))
+                    call_id = call_id or delta.id or ""
+                    name = name or delta.name or ""
+                    calls[delta.index] = (call_id, name, args)
+                    args.append(delta.arguments)
+                    if delta.index not in client_index and name in self.client_names:
+                        client_index[delta.index] = len(client_index)
+                        yield ClientToolCallDelta(client_index[delta.index], call_id, name, "")
+                        if "".join(args):
+                            yield ClientToolCallDelta(
+                                client_index[delta.index], None, None, "".join(args)
+                            )
+                    elif delta.index in client_index and delta.arguments:
+                        yield ClientToolCallDelta(
+                            client_index[delta.index], None, None, delta.arguments
+                        )
+                if chunk.finish_reason is not None:
+                    finish = chunk.finish_reason
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if chunk.thinking is not None:
+                    thinking = chunk.thinking
+        tool_calls = [
+            ToolCall(
+                id=call_id or f"call_{index}",
+                function=ToolCallFunction(name=name, arguments="".join(args) or "{}"),
+            )
+            for index, (call_id, name, args) in sorted(calls.items())
+        ]
+        self._streamed_client_calls = len(client_index)
+        yield Completion(
+            rid=rid,
+            model="",
+            content="".join(self._step_content),
+            reasoning_content="".join(self._step_reasoning) or None,
+            tool_calls=tool_calls,
+            finish_reason=finish,
+            usage=usage,
+            thinking=thinking,
+        )
+
+    async def _run_tool(self, call: ToolCall, images: list[dict[str, Any]]) -> ToolResult:
+        name = call.function.name
+        if self.registry is None or name not in self.server_names:
+            known = ", ".join(sorted(self.tool_params)) or "none"
+            return ToolResult(
+                text=f"error: there is no tool named {name!r} (available: {known})",
+                is_error=True,
+            )
+        ctx = ToolContext(
+            owner=self.owner,
+            session_id=self.session_id,
+            redis=self.redis,
+            media=self.media,
+            conversation_images=images,
+            confirmed_call_ids=set(self.config.confirmed_call_ids),
+            call_id=call.id,
+        )
+        policy = self.policy or ToolPolicy(enabled=None, allow_write=False, confirm_write=False)
+        return await self.registry.execute(name, call.function.arguments, ctx, policy)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def events(self) -> AsyncIterator[AgentEvent]:
+        repair_tried = False
+        outcome = "max_steps"
+        pending: dict[str, Any] | None = None
+        client_calls: list[ToolCall] = []
+        final_content = ""
+        final_reasoning: str | None = None
+        finish = "length"
+        while self.steps < self.config.max_steps:
+            self.steps += 1
+            messages = await runtime_messages([*self.history, *self.produced], self.media)
+            completion: Completion | None = None
+            async for item in self._call_model(self._request(messages)):
+                if isinstance(item, Completion):
+                    completion = item
+                else:
+                    yield item
+            assert completion is not None
+            self.current_rid = None
+            self._step_content, self._step_reasoning = [], []
+            self.usage = self.usage.plus(completion.usage)
+            self.thinking_used += completion.thinking.used
+            self.guard_closed = self.guard_closed or completion.thinking.closed_by_guard
+
+            calls = [c for c in completion.tool_calls if c.function.name]
+            content = completion.content
+            reasoning = completion.reasoning_content
+            problems: list[str] = []
+            if len(calls) < len(completion.tool_calls):
+                problems.append("a tool call without a function name")
+            for field_name in ("content", "reasoning"):
+                text = content if field_name == "content" else reasoning
+                if not has_call_markup(text):
+                    continue
+                found = extract_calls(text or "", self.tool_params)
+                calls.extend(found.calls)
+                problems.extend(found.problems)
+                if field_name == "content":
+                    content = found.remaining_text
+                if found.calls:
+                    log.info("tool_call_repaired", where=field_name, count=len(found.calls))
+            assistant: dict[str, Any] = {
+                "role": "assistant",
+                "content": content,
+                "reasoning_content": reasoning,
+            }
+            if calls:
+                assistant["tool_calls"] = [c.model_dump() for c in calls]
+            if completion.finish_reason == "length":
+                assistant["meta"] = {"truncated": True}
+            self.produced.append(assistant)
+
+            if problems and not calls:
+                if not repair_tried:
+                    repair_tried = True
+                    log.info("tool_call_unusable", problems=problems)
+                    self.produced.append(
+                        {
+                            "role": "user",
+                            "content": REPAIR_HINT.format(problems="; ".join(problems)),
+                        }
+                    )
+                    continue
+            if not calls:
+                outcome = "final"
+                final_content, final_reasoning = content, reasoning
+                finish = completion.finish_reason
+                break
+
+            client_calls = [c for c in calls if c.function.name in self.client_names]
+            server_side = [c for c in calls if c.function.name not in self.client_names]
+            if self.stream and client_calls:
+                # Calls repaired from text were not streamed as deltas: send them whole.
+                already = self._streamed_client_calls
+                for offset, call in enumerate(client_calls[already:]):
+                    yield ClientToolCallDelta(
+                        already + offset, call.id, call.function.name, call.function.arguments
+                    )
+            if server_side:
+                images = image_refs([*self.history, *self.produced])
+                for call in server_side:
+                    yield ToolProgress(self.steps, call.id, call.function.name, "started")
+                results = await asyncio.gather(
+                    *(self._run_tool(c, images) for c in server_side), return_exceptions=True
+                )
+                extra_user_parts: list[dict[str, Any]] = []
+                for call, result in zip(server_side, results, strict=True):
+                    if isinstance(result, ConfirmationRequired):
+                        pending = {
+                            "call_id": call.id,
+                            "tool": call.function.name,
+                            "arguments": call.function.arguments,
+                        }
+                        text = "pending: waiting for the user's confirmation"
+                        status = "failed"
+                    elif isinstance(result, BaseException):
+                        log.error(
+                            "tool_crashed",
+                            tool=call.function.name,
+                            exc_type=type(result).__name__,
+                        )
+                        text, status = "error: the tool failed unexpectedly", "failed"
+                    else:
+                        text = result.text or ("(no output)" if not result.images else "")
+                        status = "failed" if result.is_error else "finished"
+                        if result.images:
+                            extra_user_parts.extend(result.images)
+                            text = (text + "\n" if text else "") + (
+                                f"({len(result.images)} image(s) follow in the next message)"
+                            )
+                    self.produced.append({"role": "tool", "tool_call_id": call.id, "content": text})
+                    yield ToolProgress(self.steps, call.id, call.function.name, status)
+                if extra_user_parts:
+                    self.produced.append(
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "text", "text": "[tool output images]"},
+                                *extra_user_parts,
+                            ],
+                            "meta": {"tool_images": True},
+                        }
+                    )
+            if pending is not None:
+                outcome = "confirmation_required"
+                finish = "tool_calls"
+                break
+            if client_calls:
+                outcome = "client_tools"
+                finish = "tool_calls"
+                final_content, final_reasoning = content, reasoning
+                break
+        if outcome == "max_steps":
+            log.warning("agent_max_steps", steps=self.steps)
+            final_content = (
+                f"[cascade] Stopped after {self.steps} tool steps without a final answer "
+                "(max_steps reached)."
+            )
+            self.produced.append(
+                {"role": "assistant", "content": final_content, "meta": {"outcome": "max_steps"}}
+            )
+            if self.stream:
+                yield ContentDelta(final_content)
+        yield RunDone(
+            RunResult(
+                outcome=outcome,  # type: ignore[arg-type]
+                content=final_content,
+                reasoning=final_reasoning,
+                new_messages=list(self.produced),
+                client_tool_calls=client_calls if outcome == "client_tools" else [],
+                finish_reason=finish,
+                usage=self.usage,
+                thinking=ThinkingReport(
+                    enabled=self.config.thinking,
+                    budget=self.config.thinking_budget,
+                    used=self.thinking_used,
+                    closed_by_guard=self.guard_closed,
+                ),
+                steps=self.steps,
+                pending_confirmation=pending,
+            )
+        )
+
+    async def run(self) -> RunResult:
+        """Drive the run to the end and return its result (no deltas)."""
+        async with aclosing(self.events()) as events:
+            async for event in events:
+                if isinstance(event, RunDone):
+                    return event.result
+        raise AssertionError("run ended without a result")
+
+
+def tool_result_text(value: Any) -> str:
+    """Client-provided tool output as text for the model (strings as is, the rest as JSON)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return " ".join(p.get("text", "") for p in value if isinstance(p, dict))
+    return json.dumps(value, ensure_ascii=False)
