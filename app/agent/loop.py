@@ -297,17 +297,16 @@ class AgentRun:
                 assistant["meta"] = {"truncated": True}
             self.produced.append(assistant)
 
-            if problems and not calls:
-                if not repair_tried:
-                    repair_tried = True
-                    log.info("tool_call_unusable", problems=problems)
-                    self.produced.append(
-                        {
-                            "role": "user",
-                            "content": REPAIR_HINT.format(problems="; ".join(problems)),
-                        }
-                    )
-                    continue
+            if problems and not calls and not repair_tried:
+                repair_tried = True
+                log.info("tool_call_unusable", problems=problems)
+                self.produced.append(
+                    {
+                        "role": "user",
+                        "content": REPAIR_HINT.format(problems="; ".join(problems)),
+                    }
+                )
+                continue
             if not calls:
                 outcome = "final"
                 final_content, final_reasoning = content, reasoning
