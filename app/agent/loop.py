@@ -90,6 +90,7 @@ class AgentRun:
         self.produced: list[dict[str, Any]] = list(new_messages)
         self.current_rid: str | None = None
         self._streamed_client_calls = 0
+        self.pending: dict[str, Any] | None = None
         self._step_reasoning: list[str] = []
         self._step_content: list[str] = []
         self.usage = Usage()
@@ -245,15 +246,83 @@ class AgentRun:
 
     # ------------------------------------------------------------------ the loop
 
+    async def _execute(self, calls: list[ToolCall]) -> AsyncIterator[AgentEvent]:
+        """Run server-side calls concurrently; append their results in call order."""
+        images = image_refs([*self.history, *self.produced])
+        for call in calls:
+            yield ToolProgress(self.steps, call.id, call.function.name, "started")
+        results = await asyncio.gather(
+            *(self._run_tool(c, images) for c in calls), return_exceptions=True
+        )
+        extra_user_parts: list[dict[str, Any]] = []
+        for call, result in zip(calls, results, strict=True):
+            if isinstance(result, ConfirmationRequired):
+                # No result yet: the call stays unanswered in the history until the client
+                # confirms it (`confirm_tool_calls`) and the run resumes.
+                self.pending = {
+                    "call_id": call.id,
+                    "tool": call.function.name,
+                    "arguments": call.function.arguments,
+                }
+                yield ToolProgress(self.steps, call.id, call.function.name, "failed")
+                continue
+            if isinstance(result, BaseException):
+                log.error("tool_crashed", tool=call.function.name, exc_type=type(result).__name__)
+                text, status = "error: the tool failed unexpectedly", "failed"
+            else:
+                text = result.text or ("(no output)" if not result.images else "")
+                status = "failed" if result.is_error else "finished"
+                if result.images:
+                    extra_user_parts.extend(result.images)
+                    text = (text + "\n" if text else "") + (
+                        f"({len(result.images)} image(s) follow in the next message)"
+                    )
+            self.produced.append({"role": "tool", "tool_call_id": call.id, "content": text})
+            yield ToolProgress(self.steps, call.id, call.function.name, status)
+        if extra_user_parts:
+            # Images go to the model in a user turn: tool turns carry text only in every template.
+            self.produced.append(
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "[tool output images]"},
+                        *extra_user_parts,
+                    ],
+                    "meta": {"tool_images": True},
+                }
+            )
+
+    def _unanswered_server_calls(self) -> list[ToolCall]:
+        """Server calls of the last assistant turn still without a result (a paused run)."""
+        messages = [*self.history, *self.produced]
+        for index in range(len(messages) - 1, -1, -1):
+            message = messages[index]
+            if message.get("role") == "user":
+                return []
+            if message.get("role") == "assistant":
+                answered = {
+                    m.get("tool_call_id") for m in messages[index + 1 :] if m.get("role") == "tool"
+                }
+                return [
+                    ToolCall.model_validate(c)
+                    for c in message.get("tool_calls") or []
+                    if c.get("id") not in answered
+                    and (c.get("function") or {}).get("name") in self.server_names
+                ]
+        return []
+
     async def events(self) -> AsyncIterator[AgentEvent]:
         repair_tried = False
         outcome = "max_steps"
-        pending: dict[str, Any] | None = None
         client_calls: list[ToolCall] = []
         final_content = ""
         final_reasoning: str | None = None
         finish = "length"
-        while self.steps < self.config.max_steps:
+        resumed = self._unanswered_server_calls()
+        if resumed:
+            async for event in self._execute(resumed):
+                yield event
+        while self.pending is None and self.steps < self.config.max_steps:
             self.steps += 1
             messages = await runtime_messages([*self.history, *self.produced], self.media)
             completion: Completion | None = None
@@ -323,51 +392,9 @@ class AgentRun:
                         already + offset, call.id, call.function.name, call.function.arguments
                     )
             if server_side:
-                images = image_refs([*self.history, *self.produced])
-                for call in server_side:
-                    yield ToolProgress(self.steps, call.id, call.function.name, "started")
-                results = await asyncio.gather(
-                    *(self._run_tool(c, images) for c in server_side), return_exceptions=True
-                )
-                extra_user_parts: list[dict[str, Any]] = []
-                for call, result in zip(server_side, results, strict=True):
-                    if isinstance(result, ConfirmationRequired):
-                        pending = {
-                            "call_id": call.id,
-                            "tool": call.function.name,
-                            "arguments": call.function.arguments,
-                        }
-                        text = "pending: waiting for the user's confirmation"
-                        status = "failed"
-                    elif isinstance(result, BaseException):
-                        log.error(
-                            "tool_crashed",
-                            tool=call.function.name,
-                            exc_type=type(result).__name__,
-                        )
-                        text, status = "error: the tool failed unexpectedly", "failed"
-                    else:
-                        text = result.text or ("(no output)" if not result.images else "")
-                        status = "failed" if result.is_error else "finished"
-                        if result.images:
-                            extra_user_parts.extend(result.images)
-                            text = (text + "\n" if text else "") + (
-                                f"({len(result.images)} image(s) follow in the next message)"
-                            )
-                    self.produced.append({"role": "tool", "tool_call_id": call.id, "content": text})
-                    yield ToolProgress(self.steps, call.id, call.function.name, status)
-                if extra_user_parts:
-                    self.produced.append(
-                        {
-                            "role": "user",
-                            "content": [
-                                {"type": "text", "text": "[tool output images]"},
-                                *extra_user_parts,
-                            ],
-                            "meta": {"tool_images": True},
-                        }
-                    )
-            if pending is not None:
+                async for event in self._execute(server_side):
+                    yield event
+            if self.pending is not None:
                 outcome = "confirmation_required"
                 finish = "tool_calls"
                 break
@@ -376,6 +403,8 @@ class AgentRun:
                 finish = "tool_calls"
                 final_content, final_reasoning = content, reasoning
                 break
+        if self.pending is not None:
+            outcome, finish = "confirmation_required", "tool_calls"
         if outcome == "max_steps":
             log.warning("agent_max_steps", steps=self.steps)
             final_content = (
@@ -403,7 +432,7 @@ class AgentRun:
                     closed_by_guard=self.guard_closed,
                 ),
                 steps=self.steps,
-                pending_confirmation=pending,
+                pending_confirmation=self.pending,
             )
         )
 

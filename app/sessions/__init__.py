@@ -1,0 +1,21 @@
+"""Sessions in Redis: conversation history with reasoning kept apart, versions, TTL, locks,
+and Idempotency-Key records."""
+
+from app.sessions.config import SessionSettings
+from app.sessions.idempotency import IdempotencyStore, request_hash
+from app.sessions.lock import RedisLock
+from app.sessions.models import SessionInfo, SessionOptions, StoredMessage, ToolCall
+from app.sessions.store import SessionStore, new_session_id
+
+__all__ = [
+    "IdempotencyStore",
+    "RedisLock",
+    "SessionInfo",
+    "SessionOptions",
+    "SessionSettings",
+    "SessionStore",
+    "StoredMessage",
+    "ToolCall",
+    "new_session_id",
+    "request_hash",
+]

@@ -1,0 +1,62 @@
+"""Settings of the session and idempotency stores, read from `CASCADE_*` environment variables.
+
+Kept apart from `app.config.Settings` so the stores can be built and tested on their own; the
+variable names share the `CASCADE_` prefix so one environment configures both.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SessionSettings(BaseSettings):
+    """Field `x` is read from env `CASCADE_X`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CASCADE_",
+        env_file=None,
+        extra="ignore",
+        frozen=True,
+    )
+
+    session_ttl_days: int = Field(
+        default=30, ge=1, description="Days a session lives after it was last read or written."
+    )
+    turn_lock_wait: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds a second turn on a session waits for the first before a 409.",
+    )
+    turn_lock_ttl: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a turn lock outlives a crashed holder; renewed while held.",
+    )
+    idempotency_ttl_hours: int = Field(
+        default=24, ge=1, description="Hours a completed request's result is kept for retries."
+    )
+    idempotency_pending_ttl: float = Field(
+        default=3600.0,
+        gt=0,
+        description=(
+            "Seconds an unfinished request keeps its Idempotency-Key reserved; bounds how long a "
+            "crashed request blocks retries with the same key."
+        ),
+    )
+    idempotency_wait: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds a retry waits for the first request with its key before a 409.",
+    )
+    key_prefix: str = Field(
+        default="cascade", min_length=1, description="Namespace of every Redis key written."
+    )
+
+    @property
+    def session_ttl_ms(self) -> int:
+        return self.session_ttl_days * 86_400_000
+
+    @property
+    def idempotency_ttl_ms(self) -> int:
+        return self.idempotency_ttl_hours * 3_600_000

@@ -1,0 +1,128 @@
+"""A Redis lock for one holder at a time, renewed while held.
+
+Acquired with `SET key token NX PX ttl`; released and renewed by Lua scripts that act only while
+the key still holds this holder's random token, so a holder whose lock expired can never release
+or extend the next holder's lock. A crashed holder's lock expires after `ttl` seconds.
+
+The lock keeps turns from overlapping; it is not what keeps the data consistent — the store's
+versioned append is (a holder that stalled past its ttl still cannot overwrite a newer turn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from types import TracebackType
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from app.errors import ConflictError
+
+log = structlog.get_logger(__name__)
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# Seconds between attempts while waiting for a held lock.
+_POLL = 0.025
+
+
+class RedisLock:
+    """An async context manager holding `key` for its body.
+
+    Waits up to `wait` seconds for the lock, then raises `ConflictError(message)`. While held, a
+    background task owned by the context manager extends the expiry every `ttl / 3` seconds.
+    `lost` turns true if a renewal found the lock no longer ours (it expired and someone else
+    took it); the body keeps running, and its writes stay safe through versioned appends.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        key: str,
+        *,
+        ttl: float,
+        wait: float,
+        message: str,
+        code: str = "conflict",
+    ) -> None:
+        self._redis = redis
+        self._key = key
+        self._ttl_ms = max(1, int(ttl * 1000))
+        self._wait = wait
+        self._message = message
+        self._code = code
+        self._token = secrets.token_hex(16)
+        self._renewer: asyncio.Task[None] | None = None
+        self._release_script = redis.register_script(_RELEASE)
+        self._renew_script = redis.register_script(_RENEW)
+        self.lost = False
+
+    async def acquire(self) -> None:
+        """Take the lock, waiting up to `wait` seconds; `ConflictError` if it stays held."""
+        deadline = time.monotonic() + self._wait
+        while True:
+            if await self._redis.set(self._key, self._token, nx=True, px=self._ttl_ms):
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConflictError(self._message, code=self._code)
+            await asyncio.sleep(min(_POLL, remaining))
+        self.lost = False
+        self._renewer = asyncio.create_task(self._renew_forever(), name=f"renew {self._key}")
+
+    async def release(self) -> None:
+        """Stop renewing and delete the lock if it is still ours."""
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        try:
+            await self._release_script(keys=[self._key], args=[self._token])
+        except RedisError as exc:
+            # The lock then expires on its own within its ttl.
+            log.warning("lock_release_failed", key=self._key, exc_type=type(exc).__name__)
+
+    async def _renew_forever(self) -> None:
+        interval = self._ttl_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                renewed = await self._renew_script(
+                    keys=[self._key], args=[self._token, self._ttl_ms]
+                )
+            except RedisError as exc:
+                # Try again next tick; the ttl leaves room for two misses.
+                log.warning("lock_renew_failed", key=self._key, exc_type=type(exc).__name__)
+                continue
+            if not renewed:
+                self.lost = True
+                log.warning("lock_lost", key=self._key)
+                return
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.release()

@@ -1,0 +1,383 @@
+"""Sessions in Redis: metadata, an append-only message list, an owner index, a sliding TTL.
+
+Layout (see `keys.Keys`): a hash of metadata, a list of orjson-encoded messages, a set linking
+idempotency records to the session, and per owner a sorted set of session ids by `updated_at`.
+
+Every operation on one session is one Lua script, so it is atomic and one round trip whatever
+the number of messages; the owner check happens inside the script, and another owner's session
+answers exactly like a missing one. Reads and writes refresh the TTL of all the session's keys
+and of the owner index (the index therefore never expires before a session it lists).
+
+Turns are versioned: `append_turn` commits only if the session is still at `expected_version`,
+so two turns that read the same history cannot both commit. `turn_lock` serialises whole turns
+(read history → run the model → append) so the second one waits instead of failing late.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from app.errors import ConflictError, NotFoundError, UnprocessableError
+from app.sessions.config import SessionSettings
+from app.sessions.keys import SESSION_ID_RE, Keys
+from app.sessions.lock import RedisLock
+from app.sessions.models import SessionInfo, SessionOptions
+
+# Lua scripts. Every one takes KEYS = info, messages, idempotency links, owner index.
+# RPUSH goes in slices so `unpack` stays far below Lua's stack limit for any history size.
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'last_write') == ARGV[4] then return 1 end
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[5])))
+for i = 6, #ARGV, 100 do
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 99, #ARGV)))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+return 1
+"""
+
+_READ = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+local info = redis.call('HGETALL', KEYS[1])
+local count = redis.call('LLEN', KEYS[2])
+if ARGV[3] == '1' then
+  return {'ok', info, count, redis.call('LRANGE', KEYS[2], 0, -1)}
+end
+return {'ok', info, count}
+"""
+
+_APPEND = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
+local version = tonumber(redis.call('HGET', KEYS[1], 'version'))
+local expected = tonumber(ARGV[2])
+if version ~= expected then
+  if version == expected + 1 and redis.call('HGET', KEYS[1], 'last_write') == ARGV[6] then
+    -- this very turn, committed already: a client retry after a lost reply
+    return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
+  end
+  return {'conflict', version}
+end
+for i = 10, #ARGV, 100 do
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 99, #ARGV)))
+end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], 'last_write', ARGV[6])
+if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'title', ARGV[8]) end
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'options', ARGV[9]) end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[5])
+return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
+"""
+
+_DELETE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
+local linked = redis.call('SMEMBERS', KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[2])
+return {'ok', linked}
+"""
+
+# KEYS = owner index. A page of ids after the cursor id, newest first; nil if the cursor is not
+# in the index.
+_PAGE = """
+local start = 0
+if ARGV[1] ~= '' then
+  local rank = redis.call('ZREVRANK', KEYS[1], ARGV[1])
+  if not rank then return false end
+  start = rank + 1
+end
+return redis.call('ZREVRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1)
+"""
+
+LIST_LIMIT_MAX = 100
+
+
+def new_session_id() -> str:
+    return "sess_" + secrets.token_hex(12)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
+    it = iter(flat)
+    return {_text(k): _text(v) for k, v in zip(it, it, strict=True)}
+
+
+def _info(fields: dict[str, str], message_count: int) -> SessionInfo:
+    return SessionInfo(
+        id=fields["id"],
+        owner=fields["owner"],
+        title=fields.get("title"),
+        created_at=float(fields["created_at"]),
+        updated_at=float(fields["updated_at"]),
+        options=SessionOptions.model_validate_json(fields["options"]),
+        message_count=message_count,
+        version=int(fields["version"]),
+        forked_from=fields.get("forked_from"),
+    )
+
+
+def _not_found(session_id: str) -> NotFoundError:
+    return NotFoundError(f"no session {session_id!r}", code="session_not_found")
+
+
+class SessionStore:
+    """Sessions of many owners in one Redis; see the module docstring for the guarantees.
+
+    Works with a client in either `decode_responses` mode. Every method that names a session
+    raises `NotFoundError` when it does not exist, has expired, or belongs to another owner.
+    """
+
+    def __init__(self, redis: aioredis.Redis, settings: SessionSettings | None = None) -> None:
+        self._redis = redis
+        self.settings = settings or SessionSettings()
+        self.keys = Keys(self.settings.key_prefix)
+        self._create = redis.register_script(_CREATE)
+        self._read = redis.register_script(_READ)
+        self._append = redis.register_script(_APPEND)
+        self._delete = redis.register_script(_DELETE)
+        self._page = redis.register_script(_PAGE)
+
+    def _session_keys(self, session_id: str, owner: str) -> list[str]:
+        return [*self.keys.session_keys(session_id), self.keys.owner_index(owner)]
+
+    async def create(
+        self,
+        owner: str,
+        *,
+        title: str | None = None,
+        options: SessionOptions | None = None,
+        messages: Sequence[dict[str, Any]] = (),
+    ) -> SessionInfo:
+        """A new session of `owner`, holding `messages` (version 0)."""
+        return await self._create_session(owner, title, options or SessionOptions(), messages)
+
+    async def _create_session(
+        self,
+        owner: str,
+        title: str | None,
+        options: SessionOptions,
+        messages: Sequence[dict[str, Any]],
+        forked_from: str | None = None,
+    ) -> SessionInfo:
+        now = time.time()
+        token = secrets.token_hex(8)
+        encoded = [orjson.dumps(message) for message in messages]
+        options_json = options.model_dump_json()
+        while True:
+            session_id = new_session_id()
+            fields: dict[str, str] = {
+                "id": session_id,
+                "owner": owner,
+                "created_at": repr(now),
+                "updated_at": repr(now),
+                "options": options_json,
+                "version": "0",
+                "last_write": token,
+            }
+            if title is not None:
+                fields["title"] = title
+            if forked_from is not None:
+                fields["forked_from"] = forked_from
+            flat = [item for pair in fields.items() for item in pair]
+            created = await self._create(
+                keys=self._session_keys(session_id, owner),
+                args=[
+                    session_id,
+                    repr(now),
+                    self.settings.session_ttl_ms,
+                    token,
+                    orjson.dumps(flat),
+                    *encoded,
+                ],
+            )
+            if created:  # 0 only on an id collision: draw another id
+                break
+        return SessionInfo(
+            id=session_id,
+            owner=owner,
+            title=title,
+            created_at=now,
+            updated_at=now,
+            options=options,
+            message_count=len(encoded),
+            version=0,
+            forked_from=forked_from,
+        )
+
+    async def _read_session(self, session_id: str, owner: str, *, with_messages: bool) -> list[Any]:
+        if not SESSION_ID_RE.fullmatch(session_id):
+            raise _not_found(session_id)
+        reply: list[Any] = await self._read(
+            keys=self._session_keys(session_id, owner),
+            args=[owner, self.settings.session_ttl_ms, "1" if with_messages else "0"],
+        )
+        if _text(reply[0]) != "ok":
+            raise _not_found(session_id)
+        return reply
+
+    async def load(self, session_id: str, owner: str) -> tuple[SessionInfo, list[dict[str, Any]]]:
+        """Info and every message, oldest first, in one round trip; refreshes the TTL."""
+        reply = await self._read_session(session_id, owner, with_messages=True)
+        messages: list[dict[str, Any]] = [orjson.loads(raw) for raw in reply[3]]
+        return _info(_pairs(reply[1]), int(reply[2])), messages
+
+    async def get_info(self, session_id: str, owner: str) -> SessionInfo:
+        """The session's info without its messages; refreshes the TTL."""
+        reply = await self._read_session(session_id, owner, with_messages=False)
+        return _info(_pairs(reply[1]), int(reply[2]))
+
+    async def append_turn(
+        self,
+        session_id: str,
+        owner: str,
+        messages: Sequence[dict[str, Any]],
+        *,
+        expected_version: int,
+        title: str | None = None,
+        options: SessionOptions | None = None,
+    ) -> SessionInfo:
+        """Append one turn's messages atomically: all of them or none.
+
+        Commits only if the session is at `expected_version` (else `ConflictError`, nothing
+        written); bumps `version` by one and sets `updated_at`; `title`/`options`, when given,
+        replace the stored ones. Refreshes the TTL of every key of the session.
+        """
+        if not SESSION_ID_RE.fullmatch(session_id):
+            raise _not_found(session_id)
+        now = time.time()
+        reply: list[Any] = await self._append(
+            keys=self._session_keys(session_id, owner),
+            args=[
+                owner,
+                expected_version,
+                repr(now),
+                self.settings.session_ttl_ms,
+                session_id,
+                secrets.token_hex(8),  # recognises this turn if a retried call finds it committed
+                "1" if title is not None else "0",
+                title or "",
+                options.model_dump_json() if options is not None else "",
+                *(orjson.dumps(message) for message in messages),
+            ],
+        )
+        status = _text(reply[0])
+        if status == "missing":
+            raise _not_found(session_id)
+        if status == "conflict":
+            raise ConflictError(
+                f"session {session_id!r} changed while this turn ran (version {int(reply[1])}, "
+                f"expected {expected_version}); reload it and retry",
+                code="session_version_conflict",
+            )
+        return _info(_pairs(reply[1]), int(reply[2]))
+
+    async def list(
+        self, owner: str, *, limit: int = 20, after: str | None = None
+    ) -> tuple[list[SessionInfo], bool]:
+        """The owner's sessions, most recently updated first, `limit` per page.
+
+        `after` is the last id of the previous page. Returns the page and whether more follow.
+        Expired sessions are skipped and dropped from the index.
+        """
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise UnprocessableError(f"limit must be between 1 and {LIST_LIMIT_MAX}", param="limit")
+        index = self.keys.owner_index(owner)
+        found: list[SessionInfo] = []
+        stale: list[str] = []
+        cursor = after or ""
+        while len(found) <= limit:
+            ids: list[Any] | None = await self._page(
+                keys=[index], args=[cursor, limit + 1 - len(found)]
+            )
+            if ids is None:
+                if cursor == (after or ""):
+                    raise NotFoundError(f"no session {after!r} to list after", param="after")
+                break  # the page's last id vanished meanwhile: end here
+            if not ids:
+                break
+            session_ids = [_text(raw) for raw in ids]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for session_id in session_ids:
+                    pipe.hgetall(self.keys.info(session_id))
+                    pipe.llen(self.keys.messages(session_id))
+                replies = await pipe.execute()
+            for i, session_id in enumerate(session_ids):
+                raw_fields: dict[Any, Any] = replies[2 * i]
+                fields = {_text(k): _text(v) for k, v in raw_fields.items()}
+                if fields.get("owner") != owner:
+                    stale.append(session_id)
+                else:
+                    found.append(_info(fields, int(replies[2 * i + 1])))
+            cursor = session_ids[-1]
+        if stale:
+            await self._redis.zrem(index, *stale)
+        return found[:limit], len(found) > limit
+
+    async def delete(self, session_id: str, owner: str) -> None:
+        """Remove the session and everything stored about it (messages, linked idempotency
+        results). `NotFoundError` if it does not exist."""
+        if not SESSION_ID_RE.fullmatch(session_id):
+            raise _not_found(session_id)
+        reply: list[Any] = await self._delete(
+            keys=self._session_keys(session_id, owner), args=[owner, session_id]
+        )
+        if _text(reply[0]) != "ok":
+            raise _not_found(session_id)
+        linked = [_text(name) for name in reply[1]]
+        if linked:
+            await self._redis.delete(*linked)
+
+    async def fork(self, session_id: str, owner: str, *, upto: int | None = None) -> SessionInfo:
+        """A new session of `owner` holding the first `upto` messages (None = all) of this one,
+        with its title and options and `forked_from` set to it."""
+        info, messages = await self.load(session_id, owner)
+        if upto is not None and not 0 <= upto <= len(messages):
+            raise UnprocessableError(
+                f"upto must be between 0 and {len(messages)} (the message count)", param="upto"
+            )
+        return await self._create_session(
+            owner, info.title, info.options, messages[:upto], forked_from=session_id
+        )
+
+    async def export(self, session_id: str, owner: str) -> dict[str, Any]:
+        """The whole session as one JSON-able document."""
+        info, messages = await self.load(session_id, owner)
+        return {
+            "object": "session.export",
+            "format_version": 1,
+            "exported_at": time.time(),
+            "session": info.model_dump(mode="json"),
+            "messages": messages,
+        }
+
+    def turn_lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        """Hold this for a whole turn (load → run → append_turn).
+
+        A second turn waits up to `turn_lock_wait` seconds, then gets `ConflictError`. The lock
+        is renewed while held and expires `turn_lock_ttl` seconds after a holder crashed.
+        """
+        return RedisLock(
+            self._redis,
+            self.keys.lock(session_id),
+            ttl=self.settings.turn_lock_ttl,
+            wait=self.settings.turn_lock_wait,
+            message=("another turn is running on this session; retry when it has finished"),
+            code="session_busy",
+        )
