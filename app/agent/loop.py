@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -268,7 +268,8 @@ class AgentRun:
                 continue
             if isinstance(result, BaseException):
                 log.error("tool_crashed", tool=call.function.name, exc_type=type(result).__name__)
-                text, status = "error: the tool failed unexpectedly", "failed"
+                text = "error: the tool failed unexpectedly"
+                status: Literal["finished", "failed"] = "failed"
             else:
                 text = result.text or ("(no output)" if not result.images else "")
                 status = "failed" if result.is_error else "finished"
@@ -311,7 +312,7 @@ class AgentRun:
                 ]
         return []
 
-    async def events(self) -> AsyncIterator[AgentEvent]:
+    async def events(self) -> AsyncGenerator[AgentEvent, None]:
         repair_tried = False
         outcome = "max_steps"
         client_calls: list[ToolCall] = []

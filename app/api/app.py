@@ -17,9 +17,11 @@ from fastapi import Depends, FastAPI, Request
 
 from app import __version__
 from app.api.auth import authenticate
+from app.api.chat import router as chat_router
 from app.api.errors import install_error_handlers
 from app.api.middleware import RequestIdMiddleware
 from app.api.responses import JSONResponse
+from app.api.services import open_services
 from app.config import Settings
 from app.runtime import SGLangClient
 from app.runtime.guard import GuardedRuntime
@@ -49,6 +51,11 @@ def create_app(settings: Settings) -> FastAPI:
             if settings.redis_url
             else None
         )
+        services = await open_services(app.state.redis, settings)
+        app.state.sessions = services.sessions
+        app.state.idempotency = services.idempotency
+        app.state.media = services.media
+        app.state.registry = services.registry
         if not settings.auth_enabled:
             log.warning(
                 "auth_disabled",
@@ -58,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await services.aclose()
             await client.aclose()
             if app.state.redis is not None:
                 await app.state.redis.aclose()
@@ -73,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
+    app.include_router(chat_router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

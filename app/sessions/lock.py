@@ -1,8 +1,8 @@
 """A Redis lock for one holder at a time, renewed while held.
 
-Acquired with `SET key token NX PX ttl`; released and renewed by Lua scripts that act only while
-the key still holds this holder's random token, so a holder whose lock expired can never release
-or extend the next holder's lock. A crashed holder's lock expires after `ttl` seconds.
+Acquired with `SET key token NX PX ttl` (in a script); released and renewed by Lua scripts that
+act only while the key still holds this holder's random token, so a holder whose lock expired can
+never release or extend the next holder's lock. A crashed holder's lock expires after `ttl` seconds.
 
 The lock keeps turns from overlapping; it is not what keeps the data consistent — the store's
 versioned append is (a holder that stalled past its ttl still cannot overwrite a newer turn).
@@ -23,6 +23,14 @@ from redis.exceptions import RedisError
 from app.errors import ConflictError
 
 log = structlog.get_logger(__name__)
+
+# Taking a lock we already hold succeeds too: a command retried after a lost reply must not
+# find its own lock and wait for it.
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -69,6 +77,7 @@ class RedisLock:
         self._code = code
         self._token = secrets.token_hex(16)
         self._renewer: asyncio.Task[None] | None = None
+        self._acquire_script = redis.register_script(_ACQUIRE)
         self._release_script = redis.register_script(_RELEASE)
         self._renew_script = redis.register_script(_RENEW)
         self.lost = False
@@ -77,7 +86,7 @@ class RedisLock:
         """Take the lock, waiting up to `wait` seconds; `ConflictError` if it stays held."""
         deadline = time.monotonic() + self._wait
         while True:
-            if await self._redis.set(self._key, self._token, nx=True, px=self._ttl_ms):
+            if await self._acquire_script(keys=[self._key], args=[self._token, self._ttl_ms]):
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -252,12 +252,17 @@ class SessionStore:
         expected_version: int,
         title: str | None = None,
         options: SessionOptions | None = None,
+        turn_id: str | None = None,
     ) -> SessionInfo:
         """Append one turn's messages atomically: all of them or none.
 
         Commits only if the session is at `expected_version` (else `ConflictError`, nothing
         written); bumps `version` by one and sets `updated_at`; `title`/`options`, when given,
         replace the stored ones. Refreshes the TTL of every key of the session.
+
+        A call repeated with the same `turn_id` right after it committed (a retry after a lost
+        reply) returns the session as it is instead of a conflict, and appends nothing. Without
+        one, a random id covers the client library's own retries of this call.
         """
         if not SESSION_ID_RE.fullmatch(session_id):
             raise _not_found(session_id)
@@ -270,7 +275,7 @@ class SessionStore:
                 repr(now),
                 self.settings.session_ttl_ms,
                 session_id,
-                secrets.token_hex(8),  # recognises this turn if a retried call finds it committed
+                turn_id or secrets.token_hex(8),
                 "1" if title is not None else "0",
                 title or "",
                 options.model_dump_json() if options is not None else "",

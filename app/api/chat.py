@@ -1,0 +1,411 @@
+"""`POST /v1/chat/completions`: one chat turn through the agent, with or without a session.
+
+With `session_id` the server holds the history: the client sends only new messages; the turn runs
+under the session's lock (a concurrent turn waits briefly, then gets 409) and is committed whole
+with a versioned append, or not at all. Without it the request is stateless (the client sends
+the whole history, as Open WebUI does); `store: true` saves the exchange as a new session.
+
+Streaming: a client that disconnects mid-stream aborts the runtime request by rid, and the turn
+is stored with what was produced so far, the cut message marked interrupted (never half-written).
+`Idempotency-Key` with a session: a retry returns the first result without running the turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import orjson
+import structlog
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+
+from app.agent.loop import AgentRun
+from app.agent.models import (
+    ClientToolCallDelta,
+    ContentDelta,
+    ReasoningDelta,
+    RunConfig,
+    RunDone,
+    RunResult,
+    ToolProgress,
+)
+from app.api.auth import authenticate
+from app.api.chat_models import ChatRequest, normalise_messages
+from app.api.responses import JSONResponse
+from app.api.shapes import ChunkWriter, completion_body, completion_id
+from app.config import Settings
+from app.errors import CascadeError, InvalidRequestError
+from app.runtime.body import check_temperature, grant_budget
+from app.sessions.models import SessionInfo, SessionOptions
+from app.sessions.store import SessionStore
+from tools.registry import ToolPolicy, ToolRegistry
+
+log = structlog.get_logger(__name__)
+router = APIRouter()
+
+EFFORT_BUDGETS = {"minimal": 512, "low": 1024, "medium": 4096, "high": 12000}
+
+
+def _validation_error(exc: ValidationError) -> InvalidRequestError:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()))
+    return InvalidRequestError(f"{first.get('msg', 'invalid value')} at {loc}", param=loc or None)
+
+
+def run_config(
+    req: ChatRequest,
+    settings: Settings,
+    options: SessionOptions,
+    registry: ToolRegistry | None,
+) -> tuple[RunConfig, ToolPolicy]:
+    """Resolve a request (over the session's options and the operator's defaults)."""
+    check_temperature(req.temperature, settings)
+    thinking = req.thinking
+    budget_wanted = req.thinking_budget
+    if req.reasoning_effort is not None and thinking is None:
+        thinking = req.reasoning_effort != "none"
+        budget_wanted = budget_wanted or EFFORT_BUDGETS.get(req.reasoning_effort)
+    if thinking is None:
+        thinking = options.thinking if options.thinking is not None else settings.thinking_default
+    budget = grant_budget(budget_wanted or options.thinking_budget, settings) if thinking else None
+    available = registry.names() if registry is not None else []
+    wanted = req.server_tools
+    if wanted is None:
+        wanted = options.server_tools
+    if wanted is None:
+        wanted = settings.server_tools if settings.server_tools is not None else available
+    unknown = sorted(set(wanted) - set(available))
+    if unknown and req.server_tools is not None:
+        raise InvalidRequestError(
+            f"unknown server tool(s): {', '.join(unknown)}; available: {', '.join(available)}",
+            param="server_tools",
+        )
+    sampling: dict[str, Any] = {}
+    for name in (
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "response_format",
+    ):
+        value = getattr(req, name)
+        if value is not None:
+            sampling[name] = value
+    if req.stop is not None:
+        sampling["stop"] = req.stop_list()
+    config = RunConfig(
+        thinking=thinking,
+        thinking_budget=budget,
+        preserve_thinking=(
+            req.preserve_thinking
+            if req.preserve_thinking is not None
+            else options.preserve_thinking
+        ),
+        max_steps=settings.agent_max_steps,
+        server_tools=[name for name in wanted if name in available],
+        client_tools=[t.model_dump(exclude_none=True) for t in req.tools or []],
+        tool_choice=req.tool_choice,
+        max_answer_tokens=req.answer_tokens(),
+        sampling=sampling,
+        confirmed_call_ids=set(req.confirm_tool_calls or ()),
+        routing_key=req.session_id,
+    )
+    policy = ToolPolicy(
+        enabled=set(config.server_tools),
+        allow_write=settings.tools_allow_write,
+        confirm_write=settings.tools_confirm_write,
+    )
+    return config, policy
+
+
+def _options_update(req: ChatRequest, current: SessionOptions) -> SessionOptions | None:
+    changes: dict[str, Any] = {}
+    for name in ("thinking", "thinking_budget", "preserve_thinking", "server_tools"):
+        value = getattr(req, name)
+        if value is not None and value != getattr(current, name):
+            changes[name] = value
+    return current.model_copy(update=changes) if changes else None
+
+
+def _title(messages: list[dict[str, Any]]) -> str | None:
+    for message in messages:
+        if message.get("role") == "user":
+            content = message.get("content")
+            text = content if isinstance(content, str) else ""
+            if isinstance(content, list):
+                text = " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+            text = " ".join(text.split())
+            if text:
+                return text[:80]
+    return None
+
+
+class Turn:
+    """One request's turn: what it loaded, what it holds, and how it ends (exactly once)."""
+
+    def __init__(self, request: Request, req: ChatRequest, owner: str) -> None:
+        state = request.app.state
+        self.state = state
+        self.settings: Settings = state.settings
+        self.req = req
+        self.owner = owner
+        self.store: SessionStore | None = state.sessions
+        self.info: SessionInfo | None = None
+        self.history: list[dict[str, Any]] = []
+        self.lock: Any = None
+        self.run: AgentRun | None = None
+        self.finished = False
+        self.idempotency_key: str | None = None
+        self.body_hash = ""
+
+    async def open(self, raw_body: bytes, idempotency_key: str | None) -> dict[str, Any] | None:
+        """Load the session and take its lock; a stored idempotent result short-circuits."""
+        req = self.req
+        if req.session_id is not None:
+            if self.store is None:
+                raise CascadeError("sessions need Redis; set CASCADE_REDIS_URL")
+            if idempotency_key:
+                self.idempotency_key = idempotency_key
+                self.body_hash = hashlib.sha256(raw_body).hexdigest()
+                stored: dict[str, Any] | None = await self.state.idempotency.begin(
+                    self.owner, idempotency_key, self.body_hash
+                )
+                if stored is not None:
+                    self.idempotency_key = None  # not ours to complete
+                    return stored
+            try:
+                self.lock = self.store.turn_lock(req.session_id)
+                # Owner check first (404 for a stranger's session), then the lock.
+                await self.store.get_info(req.session_id, self.owner)
+                await self.lock.__aenter__()
+                self.info, self.history = await self.store.load(req.session_id, self.owner)
+            except BaseException:
+                await self._release()
+                await self._abandon_key()
+                raise
+        return None
+
+    async def build_run(self, *, stream: bool) -> AgentRun:
+        req = self.req
+        options = self.info.options if self.info is not None else SessionOptions()
+        registry: ToolRegistry | None = self.state.registry
+        config, policy = run_config(req, self.settings, options, registry)
+        new = normalise_messages(req.messages)
+        media = self.state.media
+        if media is not None:
+            for message in new:
+                if isinstance(message.get("content"), list):
+                    message["content"] = await media.ingest_message_parts(
+                        message["content"], owner=self.owner
+                    )
+        elif any(
+            isinstance(m.get("content"), list)
+            and any(p.get("type") == "image_url" for p in m["content"])
+            for m in new
+        ):
+            raise InvalidRequestError("images are not enabled on this server")
+        history = self.history
+        if not history and self.settings.system_prompt and new[0].get("role") != "system":
+            new.insert(0, {"role": "system", "content": self.settings.system_prompt})
+        self.run = AgentRun(
+            runtime=self.state.runtime,
+            registry=registry,
+            media=media,
+            history=history,
+            new_messages=new,
+            config=config,
+            policy=policy,
+            owner=self.owner,
+            session_id=req.session_id,
+            redis=self.state.redis,
+            stream=stream,
+        )
+        return self.run
+
+    async def commit(self, messages: list[dict[str, Any]]) -> str | None:
+        """Store the turn (whole); returns the session id the response should carry."""
+        req = self.req
+        if self.store is None:
+            return None
+        if self.info is not None:
+            self.info = await self.store.append_turn(
+                self.info.id,
+                self.owner,
+                messages,
+                expected_version=self.info.version,
+                options=_options_update(req, self.info.options),
+                title=self.info.title or _title(messages),
+            )
+            return self.info.id
+        if req.store:
+            options = SessionOptions(
+                thinking=req.thinking,
+                thinking_budget=req.thinking_budget,
+                preserve_thinking=bool(req.preserve_thinking),
+                server_tools=req.server_tools,
+            )
+            info = await self.store.create(
+                self.owner, title=_title(messages), options=options, messages=messages
+            )
+            return info.id
+        return None
+
+    async def succeed(self, body: dict[str, Any]) -> None:
+        if self.idempotency_key:
+            await self.state.idempotency.complete(self.owner, self.idempotency_key, body)
+            self.idempotency_key = None
+        await self.close()
+
+    async def _abandon_key(self) -> None:
+        if self.idempotency_key:
+            key, self.idempotency_key = self.idempotency_key, None
+            await self.state.idempotency.abandon(self.owner, key)
+
+    async def _release(self) -> None:
+        lock, self.lock = self.lock, None
+        if lock is not None:
+            await lock.__aexit__(None, None, None)
+
+    async def close(self) -> None:
+        self.finished = True
+        await self._release()
+        await self._abandon_key()
+
+    async def interrupted(self) -> None:
+        """The client went away: abort the runtime call, store what exists, release. Once."""
+        if self.finished:
+            return
+        self.finished = True
+        run = self.run
+        try:
+            if run is not None and run.current_rid is not None:
+                await self.state.runtime.abort(run.current_rid)
+            if run is not None and self.info is not None and self.store is not None:
+                messages = run.partial_messages()
+                if messages:
+                    messages[-1].setdefault("meta", {})["interrupted"] = True
+                    await self.store.append_turn(
+                        self.info.id,
+                        self.owner,
+                        messages,
+                        expected_version=self.info.version,
+                    )
+                log.info("turn_interrupted", session_id=self.info.id, rid=run.current_rid)
+        except Exception as exc:  # cleanup must not raise; the log says what failed
+            log.warning("interrupted_turn_not_stored", exc_type=type(exc).__name__)
+        finally:
+            await self._release()
+            await self._abandon_key()
+
+
+async def _parse(request: Request) -> tuple[ChatRequest, bytes]:
+    raw = await request.body()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    try:
+        return ChatRequest.model_validate(data), raw
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, owner: str = Depends(authenticate)) -> Response:
+    req, raw = await _parse(request)
+    turn = Turn(request, req, owner)
+    stored = await turn.open(raw, request.headers.get("idempotency-key"))
+    if stored is not None:
+        return JSONResponse(stored, headers={"idempotent-replayed": "true"})
+    try:
+        model = req.model or await request.app.state.runtime.model_name()
+        run = await turn.build_run(stream=req.stream)
+    except BaseException:
+        await turn.close()
+        raise
+    if req.stream:
+        return StreamingResponse(
+            _stream(
+                turn,
+                run,
+                model,
+                include_usage=bool(req.stream_options and req.stream_options.include_usage),
+            ),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            background=BackgroundTask(turn.interrupted),
+        )
+    try:
+        result = await run.run()
+        session_id = await turn.commit(result.new_messages)
+        body = completion_body(result, cid=completion_id(), model=model, session_id=session_id)
+        await turn.succeed(body)
+    except BaseException:
+        await turn.close()
+        raise
+    return JSONResponse(body)
+
+
+def _include_usage(req: ChatRequest) -> bool:
+    return bool(req.stream_options and req.stream_options.include_usage)
+
+
+async def _stream(
+    turn: Turn, run: AgentRun, model: str, *, include_usage: bool
+) -> AsyncIterator[bytes]:
+    writer = ChunkWriter(cid=completion_id(), model=model)
+    session_id = turn.req.session_id
+    result: RunResult | None = None
+    try:
+        yield writer.role(session_id)
+        async for event in run.events():
+            if isinstance(event, ContentDelta):
+                yield writer.content(event.text)
+            elif isinstance(event, ReasoningDelta):
+                yield writer.reasoning(event.text)
+            elif isinstance(event, ClientToolCallDelta):
+                yield writer.tool_call(event.index, event.id, event.name, event.arguments)
+            elif isinstance(event, ToolProgress):
+                yield writer.progress(
+                    {
+                        "step": event.step,
+                        "call_id": event.call_id,
+                        "tool": event.name,
+                        "status": event.status,
+                    }
+                )
+            elif isinstance(event, RunDone):
+                result = event.result
+        assert result is not None
+        session_id = await turn.commit(result.new_messages)
+        from app.api.shapes import cascade_extension
+
+        yield writer.finish(result.finish_reason, cascade_extension(result), session_id)
+        if include_usage:
+            yield writer.usage(result.usage, result.thinking)
+        yield writer.done()
+        await turn.succeed(
+            completion_body(result, cid=completion_id(), model=model, session_id=session_id)
+        )
+    except CascadeError as exc:
+        # Headers are gone: the error travels as an error event, then the stream ends.
+        log.warning("stream_failed", code=exc.code, status=exc.status)
+        with anyio.CancelScope(shield=True):
+            await turn.interrupted()
+        yield writer.error(exc.to_body())
+        yield writer.done()
+    finally:
+        if not turn.finished:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await turn.interrupted()

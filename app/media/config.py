@@ -1,0 +1,133 @@
+"""Settings of image intake, URL fetching and file storage, read from `CASCADE_*` variables.
+
+Kept apart from `app.config.Settings` so the media code can be built and tested on its own; the
+variable names share the `CASCADE_` prefix so one environment configures everything. List
+settings are comma-separated (`CASCADE_FETCH_ALLOW_HOSTS=nas.lan,192.168.1.0/24`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MB = 1024 * 1024
+
+# One visual token per 32x32 pixels (patch 16, spatial merge 2).
+IMAGE_FACTOR = 32
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class MediaSettings(BaseSettings):
+    """Field `x` is read from env `CASCADE_X`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CASCADE_",
+        env_file=None,
+        extra="ignore",
+        frozen=True,
+    )
+
+    key_prefix: str = Field(
+        default="cascade", min_length=1, description="Namespace of every Redis key written."
+    )
+
+    # --- what the model sees ---
+    image_min_pixels: int = Field(
+        default=4 * IMAGE_FACTOR * IMAGE_FACTOR,
+        ge=IMAGE_FACTOR * IMAGE_FACTOR,
+        description="Smallest image area sent to the runtime (qwen-vl-utils' default: 4 tokens).",
+    )
+    image_max_pixels: int = Field(
+        default=1280 * IMAGE_FACTOR * IMAGE_FACTOR,
+        ge=IMAGE_FACTOR * IMAGE_FACTOR,
+        description="Largest image area sent to the runtime (1280 visual tokens by default).",
+    )
+    image_max_source_pixels: int = Field(
+        default=8192 * 8192,
+        ge=1,
+        description="Largest image (width x height) cascade agrees to decode at all.",
+    )
+    image_jpeg_quality: int = Field(
+        default=90, ge=50, le=100, description="JPEG quality of re-encoded photos."
+    )
+    image_decode_concurrency: int = Field(
+        default=2, ge=1, description="Images decoded at the same time in one process."
+    )
+
+    # --- limits ---
+    image_max_bytes: int = Field(default=20 * MB, ge=1, description="Largest single image input.")
+    request_max_images: int = Field(default=16, ge=1, description="Images in one request.")
+    request_max_image_bytes: int = Field(
+        default=64 * MB, ge=1, description="Image input bytes read for one request in total."
+    )
+
+    # --- URL fetching ---
+    fetch_timeout: float = Field(
+        default=15.0, gt=0, description="Seconds one URL fetch may take in total."
+    )
+    fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+    fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Hosts that may be fetched even if they resolve to private addresses: names "
+            "(`nas.lan`), suffixes (`*.lan`), addresses or networks (`192.168.1.0/24`)."
+        ),
+    )
+    fetch_deny_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts never fetched, in the same forms; the deny list wins.",
+    )
+
+    # --- local files and storage ---
+    local_image_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Directories whose images may be named by absolute path or file:// URL.",
+    )
+    image_ttl_days: int = Field(
+        default=30, ge=1, description="Days a processed image is kept after its last use."
+    )
+    image_url_cache_ttl: int = Field(
+        default=86_400, ge=0, description="Seconds a fetched URL is remembered (0 = never)."
+    )
+    file_max_bytes_vision: int = Field(default=20 * MB, ge=1)
+    file_max_bytes_batch: int = Field(default=200 * MB, ge=1)
+    file_max_bytes_batch_output: int = Field(default=1024 * MB, ge=1)
+
+    @field_validator("fetch_allow_hosts", "fetch_deny_hosts", "local_image_dirs", mode="before")
+    @classmethod
+    def _split_lists(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("local_image_dirs")
+    @classmethod
+    def _absolute_dirs(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not path.is_absolute():
+                raise ValueError(f"must be absolute paths, got {str(path)!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_pixels(self) -> MediaSettings:
+        if self.image_min_pixels > self.image_max_pixels:
+            raise ValueError("CASCADE_IMAGE_MIN_PIXELS must not exceed CASCADE_IMAGE_MAX_PIXELS")
+        return self
+
+    @property
+    def image_ttl_seconds(self) -> int:
+        return self.image_ttl_days * 86_400
+
+    def file_max_bytes(self, purpose: str) -> int:
+        """The size cap of a stored file of `purpose`."""
+        if purpose == "vision":
+            return self.file_max_bytes_vision
+        if purpose == "batch_output":
+            return self.file_max_bytes_batch_output
+        return self.file_max_bytes_batch
