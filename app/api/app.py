@@ -22,6 +22,7 @@ from app.api.errors import install_error_handlers
 from app.api.middleware import RequestIdMiddleware
 from app.api.responses import JSONResponse
 from app.api.services import open_services
+from app.api.sessions_api import router as sessions_router
 from app.config import Settings
 from app.runtime import SGLangClient
 from app.runtime.guard import GuardedRuntime
@@ -82,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(chat_router)
+    app.include_router(sessions_router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
