@@ -20,7 +20,6 @@ import anyio
 import orjson
 import structlog
 from fastapi import APIRouter, Depends, Request
-from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
@@ -29,102 +28,23 @@ from app.agent.models import (
     ClientToolCallDelta,
     ContentDelta,
     ReasoningDelta,
-    RunConfig,
     RunDone,
     RunResult,
     ToolProgress,
 )
+from app.agent.requests import ChatRequest, normalise_messages, parse_chat_request, run_config
+from app.agent.responses import cascade_extension, completion_body, completion_id
 from app.api.auth import authenticate
-from app.api.chat_models import ChatRequest, normalise_messages
 from app.api.responses import JSONResponse
-from app.api.shapes import ChunkWriter, completion_body, completion_id
+from app.api.shapes import ChunkWriter
 from app.config import Settings
 from app.errors import CascadeError, InvalidRequestError
-from app.runtime.body import check_temperature, grant_budget
 from app.sessions.models import SessionInfo, SessionOptions
 from app.sessions.store import SessionStore
-from tools.registry import ToolPolicy, ToolRegistry
+from tools.registry import ToolRegistry
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
-
-EFFORT_BUDGETS = {"minimal": 512, "low": 1024, "medium": 4096, "high": 12000}
-
-
-def _validation_error(exc: ValidationError) -> InvalidRequestError:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()))
-    return InvalidRequestError(f"{first.get('msg', 'invalid value')} at {loc}", param=loc or None)
-
-
-def run_config(
-    req: ChatRequest,
-    settings: Settings,
-    options: SessionOptions,
-    registry: ToolRegistry | None,
-) -> tuple[RunConfig, ToolPolicy]:
-    """Resolve a request (over the session's options and the operator's defaults)."""
-    check_temperature(req.temperature, settings)
-    thinking = req.thinking
-    budget_wanted = req.thinking_budget
-    if req.reasoning_effort is not None and thinking is None:
-        thinking = req.reasoning_effort != "none"
-        budget_wanted = budget_wanted or EFFORT_BUDGETS.get(req.reasoning_effort)
-    if thinking is None:
-        thinking = options.thinking if options.thinking is not None else settings.thinking_default
-    budget = grant_budget(budget_wanted or options.thinking_budget, settings) if thinking else None
-    available = registry.names() if registry is not None else []
-    wanted = req.server_tools
-    if wanted is None:
-        wanted = options.server_tools
-    if wanted is None:
-        wanted = settings.server_tools if settings.server_tools is not None else available
-    unknown = sorted(set(wanted) - set(available))
-    if unknown and req.server_tools is not None:
-        raise InvalidRequestError(
-            f"unknown server tool(s): {', '.join(unknown)}; available: {', '.join(available)}",
-            param="server_tools",
-        )
-    sampling: dict[str, Any] = {}
-    for name in (
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "repetition_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-        "seed",
-        "response_format",
-    ):
-        value = getattr(req, name)
-        if value is not None:
-            sampling[name] = value
-    if req.stop is not None:
-        sampling["stop"] = req.stop_list()
-    config = RunConfig(
-        thinking=thinking,
-        thinking_budget=budget,
-        preserve_thinking=(
-            req.preserve_thinking
-            if req.preserve_thinking is not None
-            else options.preserve_thinking
-        ),
-        max_steps=settings.agent_max_steps,
-        server_tools=[name for name in wanted if name in available],
-        client_tools=[t.model_dump(exclude_none=True) for t in req.tools or []],
-        tool_choice=req.tool_choice,
-        max_answer_tokens=req.answer_tokens(),
-        sampling=sampling,
-        confirmed_call_ids=set(req.confirm_tool_calls or ()),
-        routing_key=req.session_id,
-    )
-    policy = ToolPolicy(
-        enabled=set(config.server_tools),
-        allow_write=settings.tools_allow_write,
-        confirm_write=settings.tools_confirm_write,
-    )
-    return config, policy
 
 
 def _options_update(req: ChatRequest, current: SessionOptions) -> SessionOptions | None:
@@ -313,12 +233,7 @@ async def _parse(request: Request) -> tuple[ChatRequest, bytes]:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidRequestError("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("request body must be a JSON object")
-    try:
-        return ChatRequest.model_validate(data), raw
-    except ValidationError as exc:
-        raise _validation_error(exc) from None
+    return parse_chat_request(data), raw
 
 
 @router.post("/v1/chat/completions")
@@ -389,8 +304,6 @@ async def _stream(
                 result = event.result
         assert result is not None
         session_id = await turn.commit(result.new_messages)
-        from app.api.shapes import cascade_extension
-
         yield writer.finish(result.finish_reason, cascade_extension(result), session_id)
         if include_usage:
             yield writer.usage(result.usage, result.thinking)

@@ -1,4 +1,6 @@
-"""The `/v1/chat/completions` request: OpenAI fields plus cascade's extensions.
+"""A chat-completion request (OpenAI fields plus cascade's extensions) and its run config.
+
+Shared by the HTTP API and the batch workers, so a batch line means what a request means.
 
 Unknown fields are ignored (clients send many), known ones are validated with messages that
 name the field. Extensions (`session_id`, `thinking`, `thinking_budget`, `server_tools`,
@@ -9,9 +11,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from app.agent.models import RunConfig
+from app.config import Settings
 from app.errors import InvalidRequestError
+from app.runtime.body import check_temperature, grant_budget
+from app.sessions.models import SessionOptions
+from tools.registry import ToolPolicy, ToolRegistry
 
 
 class FunctionDef(BaseModel):
@@ -131,3 +145,89 @@ def normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 raise InvalidRequestError("assistant tool_calls must be a list", param="messages")
         out.append(item)
     return out
+
+
+EFFORT_BUDGETS = {"minimal": 512, "low": 1024, "medium": 4096, "high": 12000}
+
+
+def parse_chat_request(data: Any) -> ChatRequest:
+    """Validate a request body; any problem is an `InvalidRequestError` naming the field."""
+    if not isinstance(data, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        message = f"{first.get('msg', 'invalid value')} at {loc}"
+        raise InvalidRequestError(message, param=loc or None) from None
+
+
+def run_config(
+    req: ChatRequest,
+    settings: Settings,
+    options: SessionOptions,
+    registry: ToolRegistry | None,
+) -> tuple[RunConfig, ToolPolicy]:
+    """Resolve a request (over the session's options and the operator's defaults)."""
+    check_temperature(req.temperature, settings)
+    thinking = req.thinking
+    budget_wanted = req.thinking_budget
+    if req.reasoning_effort is not None and thinking is None:
+        thinking = req.reasoning_effort != "none"
+        budget_wanted = budget_wanted or EFFORT_BUDGETS.get(req.reasoning_effort)
+    if thinking is None:
+        thinking = options.thinking if options.thinking is not None else settings.thinking_default
+    budget = grant_budget(budget_wanted or options.thinking_budget, settings) if thinking else None
+    available = registry.names() if registry is not None else []
+    wanted = req.server_tools
+    if wanted is None:
+        wanted = options.server_tools
+    if wanted is None:
+        wanted = settings.server_tools if settings.server_tools is not None else available
+    unknown = sorted(set(wanted) - set(available))
+    if unknown and req.server_tools is not None:
+        raise InvalidRequestError(
+            f"unknown server tool(s): {', '.join(unknown)}; available: {', '.join(available)}",
+            param="server_tools",
+        )
+    sampling: dict[str, Any] = {}
+    for name in (
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "response_format",
+    ):
+        value = getattr(req, name)
+        if value is not None:
+            sampling[name] = value
+    if req.stop is not None:
+        sampling["stop"] = req.stop_list()
+    config = RunConfig(
+        thinking=thinking,
+        thinking_budget=budget,
+        preserve_thinking=(
+            req.preserve_thinking
+            if req.preserve_thinking is not None
+            else options.preserve_thinking
+        ),
+        max_steps=settings.agent_max_steps,
+        server_tools=[name for name in wanted if name in available],
+        client_tools=[t.model_dump(exclude_none=True) for t in req.tools or []],
+        tool_choice=req.tool_choice,
+        max_answer_tokens=req.answer_tokens(),
+        sampling=sampling,
+        confirmed_call_ids=set(req.confirm_tool_calls or ()),
+        routing_key=req.session_id,
+    )
+    policy = ToolPolicy(
+        enabled=set(config.server_tools),
+        allow_write=settings.tools_allow_write,
+        confirm_write=settings.tools_confirm_write,
+    )
+    return config, policy
