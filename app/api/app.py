@@ -21,11 +21,11 @@ from app.api.chat import router as chat_router
 from app.api.errors import install_error_handlers
 from app.api.middleware import RequestIdMiddleware
 from app.api.responses import JSONResponse
-from app.api.services import open_services
 from app.api.sessions_api import router as sessions_router
 from app.config import Settings
 from app.runtime import SGLangClient
 from app.runtime.guard import GuardedRuntime
+from app.services import open_services
 
 log = structlog.get_logger(__name__)
 
