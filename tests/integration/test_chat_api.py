@@ -10,7 +10,7 @@ import pytest
 from openai import OpenAI
 
 from tests.integration.conftest import Cascade
-from tests.sglang_sim.script import Rule, SimConfig
+from tests.sglang_sim.script import Rule
 from tests.sglang_sim.testing import SimHandle
 
 WEATHER_TOOL: dict[str, Any] = {
@@ -250,7 +250,7 @@ def test_runtime_error_is_not_leaked(client: OpenAI, sim: SimHandle) -> None:
 
 
 def test_budget_ignored_by_runtime_is_enforced_by_cascade(client: OpenAI, sim: SimHandle) -> None:
-    sim.sim.config = SimConfig(ignore_thinking_budget=True)
+    sim.sim.config.ignore_thinking_budget = True
     loop = "I keep thinking about this. " * 400
     sim.sim.add_rule(Rule(match="loop", continuation=False, output=loop + "</think>\n\nlate"))
     sim.sim.add_rule(Rule(match="loop", continuation=True, output="The short answer."))
