@@ -55,7 +55,7 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(default_factory=list)
     tools: list[ToolDef] | None = None
     tool_choice: str | dict[str, Any] | None = None
     stream: bool = False
@@ -109,6 +109,9 @@ class ChatRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check_tools(self) -> ChatRequest:
+        if not self.messages and self.session_id is None:
+            # Only a session turn may be empty: it resumes a run paused for confirmation.
+            raise ValueError("messages must not be empty")
         if self.tools:
             names = [t.function.name for t in self.tools]
             if len(set(names)) != len(names):

@@ -134,7 +134,7 @@ class Turn:
         ):
             raise InvalidRequestError("images are not enabled on this server")
         history = self.history
-        if not history and self.settings.system_prompt and new[0].get("role") != "system":
+        if not history and self.settings.system_prompt and new and new[0]["role"] != "system":
             new.insert(0, {"role": "system", "content": self.settings.system_prompt})
         self.run = AgentRun(
             runtime=self.state.runtime,

@@ -1,7 +1,7 @@
 """Sessions in Redis: conversation history with reasoning kept apart, versions, TTL, locks,
 and Idempotency-Key records."""
 
-from app.sessions.config import SessionSettings
+from app.sessions.config import SessionSettings, load_session_settings
 from app.sessions.idempotency import IdempotencyStore, request_hash
 from app.sessions.lock import RedisLock
 from app.sessions.models import SessionInfo, SessionOptions, StoredMessage, ToolCall
@@ -16,6 +16,7 @@ __all__ = [
     "SessionStore",
     "StoredMessage",
     "ToolCall",
+    "load_session_settings",
     "new_session_id",
     "request_hash",
 ]

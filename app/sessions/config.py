@@ -6,8 +6,10 @@ variable names share the `CASCADE_` prefix so one environment configures both.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.errors import ConfigError
 
 
 class SessionSettings(BaseSettings):
@@ -60,3 +62,15 @@ class SessionSettings(BaseSettings):
     @property
     def idempotency_ttl_ms(self) -> int:
         return self.idempotency_ttl_hours * 3_600_000
+
+
+def load_session_settings(**overrides: object) -> SessionSettings:
+    """Read and validate the settings; `ConfigError` names every bad variable (not its value)."""
+    try:
+        return SessionSettings.model_validate(overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(part) for part in err["loc"]) or "settings"
+            problems.append(f"CASCADE_{loc.upper()}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

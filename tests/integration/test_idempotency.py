@@ -1,0 +1,155 @@
+"""Idempotency-Key records against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from app.errors import ConflictError, UnprocessableError
+from app.sessions import IdempotencyStore, SessionSettings, SessionStore, request_hash
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+OWNER = "key_alice"
+RESULT = {"id": "chatcmpl-1", "choices": [{"message": {"content": "hi", "reasoning_content": "r"}}]}
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    redis = aioredis.Redis.from_url(redis_server.url)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+def idem_store(client: aioredis.Redis, **settings: float) -> IdempotencyStore:
+    return IdempotencyStore(client, SessionSettings.model_validate(settings))
+
+
+def test_request_hash_ignores_key_order_but_not_values() -> None:
+    assert request_hash({"a": 1, "b": [1, 2]}) == request_hash({"b": [1, 2], "a": 1})
+    assert request_hash({"a": 1}) != request_hash({"a": 2})
+    assert request_hash({"b": [1, 2]}) != request_hash({"b": [2, 1]})
+
+
+async def test_same_key_and_body_returns_the_first_result(client: aioredis.Redis) -> None:
+    store = IdempotencyStore(client)
+    body = request_hash({"session_id": "sess_x", "input": "hi"})
+    assert await store.begin(OWNER, "key-1", body) is None  # first: run the turn
+    await store.complete(OWNER, "key-1", RESULT)
+    for _ in range(2):
+        assert await store.begin(OWNER, "key-1", body) == RESULT  # retries: no second run
+
+
+async def test_same_key_with_another_body_is_422(client: aioredis.Redis) -> None:
+    store = IdempotencyStore(client)
+    assert await store.begin(OWNER, "key-1", "hash-a") is None
+    with pytest.raises(UnprocessableError) as caught:  # while the first still runs
+        await store.begin(OWNER, "key-1", "hash-b")
+    assert caught.value.status == 422
+    await store.complete(OWNER, "key-1", RESULT)
+    with pytest.raises(UnprocessableError):  # and after it finished
+        await store.begin(OWNER, "key-1", "hash-b")
+
+
+async def test_a_retry_while_the_first_runs_waits_then_gets_409(client: aioredis.Redis) -> None:
+    store = idem_store(client, idempotency_wait=0.3)
+    assert await store.begin(OWNER, "key-1", "h") is None
+    started = time.monotonic()
+    with pytest.raises(ConflictError) as caught:
+        await store.begin(OWNER, "key-1", "h")
+    assert 0.3 <= time.monotonic() - started < 1.5
+    assert caught.value.status == 409
+
+
+async def test_a_retry_while_the_first_runs_gets_its_result_when_it_ends(
+    client: aioredis.Redis,
+) -> None:
+    store = idem_store(client, idempotency_wait=2.0)
+    assert await store.begin(OWNER, "key-1", "h") is None
+
+    async def finish_first() -> None:
+        await asyncio.sleep(0.2)
+        await store.complete(OWNER, "key-1", RESULT)
+
+    finishing = asyncio.create_task(finish_first())
+    started = time.monotonic()
+    assert await store.begin(OWNER, "key-1", "h") == RESULT
+    assert time.monotonic() - started >= 0.15
+    await finishing
+
+
+async def test_concurrent_first_requests_run_the_turn_once(client: aioredis.Redis) -> None:
+    store = idem_store(client, idempotency_wait=2.0)
+    runs = 0
+
+    async def request() -> dict[str, object]:
+        nonlocal runs
+        cached = await store.begin(OWNER, "key-1", "h")
+        if cached is not None:
+            return cached
+        runs += 1
+        await asyncio.sleep(0.1)
+        result: dict[str, object] = {"run": runs}
+        await store.complete(OWNER, "key-1", result)
+        return result
+
+    results = await asyncio.gather(*(request() for _ in range(10)))
+    assert runs == 1
+    assert results == [{"run": 1}] * 10
+
+
+async def test_abandon_allows_a_retry_to_run(client: aioredis.Redis) -> None:
+    store = idem_store(client, idempotency_wait=0.0)
+    assert await store.begin(OWNER, "key-1", "h") is None
+    await store.abandon(OWNER, "key-1")  # the first attempt failed
+    assert await store.begin(OWNER, "key-1", "h") is None  # so the retry runs
+    await store.complete(OWNER, "key-1", RESULT)
+    await store.abandon(OWNER, "key-1")  # a finished result is never dropped by abandon
+    assert await store.begin(OWNER, "key-1", "h") == RESULT
+
+
+async def test_keys_are_per_owner(client: aioredis.Redis) -> None:
+    store = IdempotencyStore(client)
+    assert await store.begin(OWNER, "shared", "h") is None
+    await store.complete(OWNER, "shared", RESULT)
+    assert await store.begin("key_bob", "shared", "other-body") is None
+
+
+async def test_records_expire(client: aioredis.Redis) -> None:
+    store = idem_store(client, idempotency_pending_ttl=0.2, idempotency_wait=0.0)
+    assert await store.begin(OWNER, "crashed", "h") is None
+    with pytest.raises(ConflictError):
+        await store.begin(OWNER, "crashed", "h")
+    await asyncio.sleep(0.3)  # the first attempt's process died: its reservation lapses
+    assert await store.begin(OWNER, "crashed", "h") is None
+
+    await store.complete(OWNER, "crashed", RESULT)
+    name = store.keys.idempotency(OWNER, "crashed")
+    assert 23 * 3_600_000 < await client.pttl(name) <= 24 * 3_600_000
+    assert b"crashed" not in name.encode() and "crashed" not in str(await client.keys("*"))
+
+
+async def test_result_is_linked_only_to_the_owners_session(client: aioredis.Redis) -> None:
+    sessions = SessionStore(client)
+    session = await sessions.create(OWNER)
+    store = IdempotencyStore(client)
+    assert await store.begin("key_bob", "k", "h") is None
+    await store.complete("key_bob", "k", RESULT, session_id=session.id)
+    assert await client.exists(sessions.keys.idempotency_links(session.id)) == 0
+    assert await store.begin(OWNER, "k", "h") is None
+    await store.complete(OWNER, "k", RESULT, session_id=session.id)
+    linked = await client.smembers(sessions.keys.idempotency_links(session.id))
+    assert linked == {store.keys.idempotency(OWNER, "k").encode()}
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256])
+async def test_unusable_keys_are_422(client: aioredis.Redis, key: str) -> None:
+    with pytest.raises(UnprocessableError):
+        await IdempotencyStore(client).begin(OWNER, key, "h")
