@@ -42,6 +42,11 @@ async def runtime_messages(
     """The runtime's view of `messages` (stored form, image refs resolved)."""
     out: list[dict[str, Any]] = []
     for message in messages:
+        if "meta" not in message and not isinstance(message.get("content"), list):
+            # Stored text messages are already in runtime form: no copy (hot path; the session
+            # store hands out fresh dicts each load, so sharing them is safe).
+            out.append(message)
+            continue
         item: dict[str, Any] = {}
         for key in _MESSAGE_KEYS:
             value = message.get(key)

@@ -23,8 +23,11 @@ def owner_for_key(settings: Settings, presented: str) -> str | None:
     return found
 
 
-def authenticate(request: Request) -> str:
-    """FastAPI dependency: the caller's owner id. With auth off every caller is `local`."""
+async def authenticate(request: Request) -> str:
+    """FastAPI dependency: the caller's owner id. With auth off every caller is `local`.
+
+    Async on purpose: a plain `def` dependency would be run in a worker thread per request.
+    """
     settings: Settings = request.app.state.settings
     if not settings.auth_enabled:
         return ANONYMOUS_OWNER

@@ -103,9 +103,9 @@ class Turn:
                     self.idempotency_key = None  # not ours to complete
                     return stored
             try:
+                # Lock, then load (the load checks the owner: a stranger gets 404). Session ids
+                # are unguessable, so locking before the owner check reveals nothing.
                 self.lock = self.store.turn_lock(req.session_id)
-                # Owner check first (404 for a stranger's session), then the lock.
-                await self.store.get_info(req.session_id, self.owner)
                 await self.lock.__aenter__()
                 self.info, self.history = await self.store.load(req.session_id, self.owner)
             except BaseException:

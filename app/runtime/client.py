@@ -238,16 +238,25 @@ class SGLangClient:
                             if chunk is None:
                                 continue
                             chunk.rid = rid
-                            if chunk.usage is not None and pending is not None:
+                            if pending is None:
+                                pending = chunk
+                            elif chunk.usage is not None:
                                 # The usage-only chunk follows the finish chunk: merge them.
                                 pending.usage = chunk.usage
-                                continue
-                            if pending is not None:
+                            elif _coalesce(pending, chunk):
+                                pass
+                            else:
                                 handed_on = True
                                 yield pending
-                            pending = chunk
+                                pending = chunk
                         if finished:
                             break
+                        # Hand on what this read brought (never wait for more text), but hold
+                        # a finish chunk until its usage chunk arrives.
+                        if pending is not None and pending.finish_reason is None:
+                            handed_on = True
+                            yield pending
+                            pending = None
                         if time.monotonic() > deadline:
                             raise UpstreamTimeoutError("the runtime did not finish in time")
                     if not finished:
@@ -350,6 +359,29 @@ class SGLangClient:
             raise self._error_for_status(response, response.content)
         data: dict[str, Any] = orjson.loads(response.content)
         return data
+
+
+def _coalesce(into: Chunk, chunk: Chunk) -> bool:
+    """Merge `chunk` into `into` when both carry only text of the same kind.
+
+    Events that arrive in one network read are relayed as one chunk: fewer, larger chunks cost
+    less per token at every layer above, and nothing waits for it.
+    """
+    if into.tool_calls or chunk.tool_calls or into.finish_reason or chunk.finish_reason:
+        return False
+    if into.reasoning_content is not None and into.content is None:
+        if chunk.reasoning_content is None or chunk.content is not None:
+            return False
+        into.reasoning_content += chunk.reasoning_content
+    elif into.content is not None and into.reasoning_content is None:
+        if chunk.content is None or chunk.reasoning_content is not None:
+            return False
+        into.content += chunk.content
+    else:
+        return False
+    if chunk.completion_tokens is not None:
+        into.completion_tokens = chunk.completion_tokens
+    return True
 
 
 def _mid_stream(error: CascadeError, handed_on: bool) -> CascadeError:

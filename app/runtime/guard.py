@@ -11,14 +11,15 @@ runtime does not report them). When
 the guard aborts the runtime request and continues the *answer* in a second request. SGLang 0.5.23
 implements `continue_final_message` by removing the final assistant message, rendering the rest
 with the generation prompt and appending that message's *content* verbatim (its
-`reasoning_content` is not rendered; serving_chat `_handle_last_assistant_message`). So the
-reasoning so far is sent as that content, closed by cascade: `"{reasoning}\n</think>\n\n"`, with
-thinking on, which makes the prompt end `<think>\n{reasoning}\n</think>\n\n` exactly as if the
-model had closed its thinking itself. The reasoning parser sees `</think>` in the continued
-content and classifies the continuation as content; whatever a runtime classifies it as, the guard
-hands it on as answer text. No budget is sent with the continuation. The caller therefore always
-gets an answer, and reasoning handed on never exceeds `budget + margin` counted tokens (the chunk
-that would cross it is dropped, not cut).
+`reasoning_content` is not rendered; serving_chat `_handle_last_assistant_message`). The
+continuation is therefore sent with thinking *off* and `preserve_thinking` on (as seen working on
+a real runtime: the output is classified as content), and the reasoning so far rides in the
+content, closed by cascade: `"{reasoning}\n</think>\n\n"`, so the model still sees it. Thinking
+must be off here: with strict thinking a thinking-on request is held inside the reasoning grammar
+(no end of sequence before a `</think>` the model has already seen), and would run to
+`max_tokens`. Whatever a runtime classifies the continuation as, the guard hands it on as
+answer text. The caller therefore always gets an answer, and reasoning handed on never exceeds
+`budget + margin` counted tokens (the chunk that would cross it is dropped, not cut).
 
 Non-streamed calls with thinking on are streamed internally for the same reason; the result is
 the aggregate. Usage of both requests is summed; `ThinkingReport.closed_by_guard` says the guard
@@ -187,8 +188,9 @@ class GuardedRuntime:
                     *req.messages,
                     {"role": "assistant", "content": closed_thinking(reasoning)},
                 ],
-                "thinking": True,
+                "thinking": False,
                 "thinking_budget": None,
+                "preserve_thinking": True,
                 "continue_final_message": True,
                 "max_answer_tokens": answer_allowance(req, self.settings),
             }

@@ -93,7 +93,8 @@ async def test_overrun_is_cut_aborted_and_the_answer_continued() -> None:
     assert len(inner.aborted) == 1
     follow = inner.requests[1]
     assert follow.continue_final_message is True
-    assert follow.thinking is True and follow.thinking_budget is None
+    assert follow.thinking is False and follow.thinking_budget is None
+    assert follow.preserve_thinking is True
     assert follow.messages[-1]["role"] == "assistant"
     # SGLang 0.5.23 renders only the content of the continued message: thinking closed there.
     assert follow.messages[-1]["content"] == result.reasoning_content.rstrip("\n") + (

@@ -1,0 +1,453 @@
+"""Image intake: every image a request names becomes a checked, resized, stored `ImageRef`.
+
+Accepted references (the `url` of an `image_url` part, or `image_url`/`file_id` of an
+`input_image` part):
+  - `https://…` / `http://…`: fetched under the SSRF policy (`app.media.fetch`);
+  - `data:image/…;base64,…`;
+  - `file-…`: a file the caller uploaded through `POST /v1/files` with purpose `vision`;
+  - an absolute path or `file://` URL inside one of `CASCADE_LOCAL_IMAGE_DIRS`. The path is
+    resolved, must lie inside an allowed directory, and is then opened one component at a time
+    with O_NOFOLLOW from that directory, so no link can lead out of it (not even one swapped in
+    between the check and the open).
+Anything else is a 400. Each image is decoded and normalised (`app.media.decode`), stored by
+content hash (`app.media.store`), and replaced in the message by an `image_ref` part. The same
+URL or the same source bytes are processed once (aliases), and the same image always yields the
+same bytes and the same `data:` URI for the runtime.
+
+Per-request limits (`ImageBudget`): at most `request_max_images` images (400 before anything
+is fetched) and `request_max_image_bytes` of input read in total (413); one image may not
+exceed `image_max_bytes` (400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+import stat
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+import redis.asyncio as aioredis
+import structlog
+from PIL import Image
+
+from app.errors import CascadeError, InvalidRequestError, NotFoundError
+from app.media.config import MediaSettings
+from app.media.decode import ImageLimits, PreparedImage, decode_stored, prepare_image, prepare_pil
+from app.media.errors import (
+    FetchTooLargeError,
+    ImageError,
+    ImagesTooLargeError,
+    human_bytes,
+)
+from app.media.fetch import Resolver, SafeFetcher
+from app.media.files import FILE_ID_RE, FileStore
+from app.media.ssrf import FetchPolicy
+from app.media.store import ImageRef, ImageStore
+
+__all__ = ["ImageBudget", "ImageIntake", "ImageRef"]
+
+log = structlog.get_logger(__name__)
+
+# Bump when the pipeline's output for the same input changes: old aliases are then ignored.
+PIPELINE_VERSION = 1
+IMAGE_PART_TYPES = ("image_url", "input_image", "image_ref")
+ACCEPT_IMAGE = ("image/*", "application/octet-stream", "binary/octet-stream")
+_URI_CACHE_CHARS = 64 * 1024 * 1024
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+@dataclass
+class ImageBudget:
+    """Per-request image limits; share one across all messages of a request."""
+
+    max_images: int
+    max_bytes: int
+    images: int = 0
+    bytes: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: MediaSettings) -> ImageBudget:
+        return cls(settings.request_max_images, settings.request_max_image_bytes)
+
+    def add_images(self, count: int) -> None:
+        if self.images + count > self.max_images:
+            raise ImageError(
+                f"too many images in one request: {self.images + count} "
+                f"(at most {self.max_images})",
+                code="too_many_images",
+            )
+        self.images += count
+
+    @property
+    def remaining_bytes(self) -> int:
+        return max(0, self.max_bytes - self.bytes)
+
+    def spend(self, size: int) -> None:
+        if self.bytes + size > self.max_bytes:
+            raise self.exceeded()
+        self.bytes += size
+
+    def exceeded(self) -> ImagesTooLargeError:
+        return ImagesTooLargeError(
+            f"images in this request are larger than {human_bytes(self.max_bytes)} in total"
+        )
+
+
+def _part_reference(part: Mapping[str, Any]) -> str:
+    """The image reference string of an `image_url` or `input_image` part."""
+    kind = part.get("type")
+    value: Any
+    if kind == "image_url":
+        value = part.get("image_url")
+        if isinstance(value, Mapping):
+            value = value.get("url")
+    else:
+        value = part.get("image_url") or part.get("file_id")
+        if isinstance(value, Mapping):
+            value = value.get("url")
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequestError(f"{kind} content part has no image URL")
+    return value.strip()
+
+
+class ImageIntake:
+    """Turns image references into stored `ImageRef`s and refs back into runtime input."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: MediaSettings,
+        *,
+        files: FileStore | None = None,
+        resolver: Resolver | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.settings = settings
+        self.files = files
+        self.store = ImageStore(
+            redis, prefix=settings.key_prefix, ttl_seconds=settings.image_ttl_seconds
+        )
+        self.policy = FetchPolicy(allow=settings.fetch_allow_hosts, deny=settings.fetch_deny_hosts)
+        self.fetcher = SafeFetcher(self.policy, resolver=resolver, transport=transport)
+        self.limits = ImageLimits.from_settings(settings)
+        settings_digest = json.dumps(
+            [
+                PIPELINE_VERSION,
+                self.limits.min_pixels,
+                self.limits.max_pixels,
+                self.limits.jpeg_quality,
+            ]
+        )
+        self.variant = hashlib.sha256(settings_digest.encode()).hexdigest()[:16]
+        self._decode_slots = asyncio.Semaphore(settings.image_decode_concurrency)
+        self._uris: OrderedDict[str, str] = OrderedDict()
+        self._uri_chars = 0
+
+    # --- intake ---
+    async def ingest(self, url: str, *, owner: str, budget: ImageBudget | None = None) -> ImageRef:
+        """Check, process and store the image `url` names (see the module docstring)."""
+        budget = budget or ImageBudget.from_settings(self.settings)
+        reference = url.strip()
+        lowered = reference[:8].lower()
+        if lowered.startswith("data:"):
+            return await self._from_data_uri(reference, budget)
+        if reference.startswith("file-"):
+            return await self._from_file(reference, owner, budget)
+        if lowered.startswith("file://") or reference.startswith("/"):
+            return await self._from_path(reference, budget)
+        if _URL_SCHEME.match(reference):
+            # http(s), and any other scheme so that the policy names it in its refusal.
+            return await self._from_url(reference, budget)
+        raise InvalidRequestError(
+            "unsupported image reference: use an http(s) URL, a data: URI, an uploaded file id "
+            "(file-…) or a path inside an allowed local directory",
+            code="unsupported_image_reference",
+        )
+
+    async def ingest_message_parts(
+        self,
+        parts: Sequence[Mapping[str, Any]],
+        *,
+        owner: str,
+        budget: ImageBudget | None = None,
+    ) -> list[dict[str, Any]]:
+        """A copy of `parts` with every `image_url`/`input_image` part replaced by an
+        `image_ref` part, in order. Existing `image_ref` parts must still be stored. The image
+        count is checked before anything is fetched; errors carry the part's index as `param`.
+        """
+        budget = budget or ImageBudget.from_settings(self.settings)
+        budget.add_images(sum(1 for p in parts if p.get("type") in IMAGE_PART_TYPES))
+        out: list[dict[str, Any]] = []
+        for index, part in enumerate(parts):
+            kind = part.get("type")
+            try:
+                if kind in ("image_url", "input_image"):
+                    ref = await self.ingest(_part_reference(part), owner=owner, budget=budget)
+                    out.append(ref.to_part())
+                elif kind == "image_ref":
+                    ref = ImageRef.from_part(part)
+                    if not await self.store.touch(ref.sha256):
+                        raise _expired(ref)
+                    out.append(ref.to_part())
+                else:
+                    out.append(dict(part))
+            except CascadeError as exc:
+                if exc.param is None:
+                    exc.param = f"content[{index}]"
+                raise
+        return out
+
+    async def _from_url(self, url: str, budget: ImageBudget) -> ImageRef:
+        what = "image URL"
+        self.policy.parse_url(url, what=what)  # form and deny list, even for cached URLs
+        cached = await self.store.get_alias("url", self.variant, url)
+        if cached is not None:
+            return cached
+        cap = min(self.settings.image_max_bytes, budget.remaining_bytes)
+        if cap <= 0:
+            raise budget.exceeded()
+        try:
+            result = await self.fetcher.fetch(
+                url,
+                max_bytes=cap,
+                time_limit=self.settings.fetch_timeout,
+                max_redirects=self.settings.fetch_max_redirects,
+                accept=ACCEPT_IMAGE,
+                what=what,
+                body="image",
+            )
+        except FetchTooLargeError:
+            if cap < self.settings.image_max_bytes:
+                raise budget.exceeded() from None
+            raise
+        budget.spend(len(result.content))
+        ref = await self._process(result.content)
+        await self.store.set_alias(
+            "url", self.variant, url, ref, ttl_seconds=self.settings.image_url_cache_ttl
+        )
+        log.info("image_fetched", host=urlsplit(url).hostname, sha256=ref.sha256)
+        return ref
+
+    async def _from_data_uri(self, uri: str, budget: ImageBudget) -> ImageRef:
+        header, sep, payload = uri[5:].partition(",")
+        if not sep:
+            raise ImageError("malformed data: URI (no comma)")
+        params = [p.strip().lower() for p in header.split(";")]
+        media_type = params[0]
+        if "base64" not in params[1:]:
+            raise ImageError("data: URI images must be base64-encoded")
+        if media_type and not (media_type.startswith("image/") or media_type in ACCEPT_IMAGE):
+            raise ImageError(f"data: URI is {media_type}, not an image")
+        payload = "".join(payload.split())
+        self._check_size((len(payload) * 3) // 4 - payload[-2:].count("="), budget)
+        try:
+            if "-" in payload or "_" in payload:
+                raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+            else:
+                raw = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageError("data: URI is not valid base64") from None
+        return await self._from_bytes(raw, budget)
+
+    async def _from_file(self, file_id: str, owner: str, budget: ImageBudget) -> ImageRef:
+        if self.files is None:
+            raise InvalidRequestError("file ids are not accepted for images here")
+        if not FILE_ID_RE.fullmatch(file_id):
+            raise ImageError(f"image file {file_id!r} not found", code="file_not_found")
+        try:
+            obj = await self.files.get(owner, file_id)
+        except NotFoundError:
+            raise ImageError(f"image file {file_id!r} not found", code="file_not_found") from None
+        if obj.purpose != "vision":
+            raise ImageError(f"file {file_id} has purpose {obj.purpose!r}, not 'vision'")
+        source = f"file:{file_id}"
+        cached = await self.store.get_alias("src", self.variant, source)
+        if cached is not None:
+            return cached
+        self._check_size(obj.bytes, budget)
+        raw = await self.files.read_bytes(owner, file_id)
+        ref = await self._from_bytes(raw, budget)
+        await self.store.set_alias(
+            "src", self.variant, source, ref, ttl_seconds=self.settings.image_ttl_seconds
+        )
+        return ref
+
+    async def _from_path(self, reference: str, budget: ImageBudget) -> ImageRef:
+        if reference[:7].lower() == "file://":
+            parts = urlsplit(reference)
+            if parts.netloc not in ("", "localhost"):
+                raise ImageError("file:// URLs must not name a host", code="path_not_allowed")
+            path = unquote(parts.path)
+        else:
+            path = reference
+        if "\x00" in path or not path.startswith("/"):
+            raise ImageError("image path must be absolute", code="path_not_allowed")
+        if not self.settings.local_image_dirs:
+            raise ImageError(
+                "local image paths are not enabled (the operator can allow directories with "
+                "CASCADE_LOCAL_IMAGE_DIRS)",
+                code="path_not_allowed",
+            )
+        limit = min(self.settings.image_max_bytes, budget.remaining_bytes)
+        raw, too_big = await asyncio.to_thread(
+            _read_beneath, path, self.settings.local_image_dirs, limit
+        )
+        if too_big:
+            self._check_size(limit + 1, budget)
+        return await self._from_bytes(raw, budget)
+
+    def _check_size(self, size: int, budget: ImageBudget) -> None:
+        if size > self.settings.image_max_bytes:
+            raise ImageError(
+                f"image larger than {human_bytes(self.settings.image_max_bytes)}",
+                code="image_too_large",
+            )
+        if size > budget.remaining_bytes:
+            raise budget.exceeded()
+
+    async def _from_bytes(self, raw: bytes, budget: ImageBudget) -> ImageRef:
+        self._check_size(len(raw), budget)
+        source = hashlib.sha256(raw).hexdigest()
+        cached = await self.store.get_alias("src", self.variant, source)
+        if cached is not None:
+            return cached
+        budget.spend(len(raw))
+        ref = await self._process(raw)
+        await self.store.set_alias(
+            "src", self.variant, source, ref, ttl_seconds=self.settings.image_ttl_seconds
+        )
+        return ref
+
+    async def _process(self, raw: bytes) -> ImageRef:
+        prepared = await self._prepare(prepare_image, raw, self.limits)
+        return await self.store.put(
+            prepared.data,
+            width=prepared.width,
+            height=prepared.height,
+            media_type=prepared.media_type,
+        )
+
+    async def _prepare(
+        self, func: Callable[..., PreparedImage], *args: Any, **kwargs: Any
+    ) -> PreparedImage:
+        async with self._decode_slots:
+            return await asyncio.to_thread(func, *args, **kwargs)
+
+    # --- output ---
+    async def data_uri(self, ref: ImageRef | Mapping[str, Any]) -> str:
+        """`data:<media type>;base64,<bytes>` of a stored image; byte-identical every time.
+        Renews the image's TTL; 404 (`image_expired`) if it is no longer stored."""
+        ref = ref if isinstance(ref, ImageRef) else ImageRef.from_part(ref)
+        cached = self._uris.get(ref.sha256)
+        if cached is not None:
+            self._uris.move_to_end(ref.sha256)
+            if not await self.store.touch(ref.sha256):
+                # Evicted from Redis meanwhile: store it again from the cached copy.
+                data = base64.b64decode(cached.partition(",")[2])
+                await self.store.put(
+                    data, width=ref.width, height=ref.height, media_type=ref.media_type
+                )
+            return cached
+        found = await self.store.get(ref.sha256)
+        if found is None:
+            raise _expired(ref)
+        stored, data = found
+        uri = f"data:{stored.media_type};base64,{base64.b64encode(data).decode('ascii')}"
+        self._remember(ref.sha256, uri)
+        return uri
+
+    def _remember(self, sha256: str, uri: str) -> None:
+        self._uris[sha256] = uri
+        self._uri_chars += len(uri)
+        while self._uri_chars > _URI_CACHE_CHARS and len(self._uris) > 1:
+            _, dropped = self._uris.popitem(last=False)
+            self._uri_chars -= len(dropped)
+
+    async def to_runtime_parts(self, parts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Content parts for the runtime: each `image_ref` becomes an `image_url` part with
+        the image's `data:` URI; other parts are copied unchanged."""
+        out: list[dict[str, Any]] = []
+        for part in parts:
+            if part.get("type") == "image_ref":
+                out.append({"type": "image_url", "image_url": {"url": await self.data_uri(part)}})
+            else:
+                out.append(dict(part))
+        return out
+
+    async def load_image(self, ref: ImageRef | Mapping[str, Any]) -> Image.Image:
+        """The stored image as an RGB PIL image (for tools such as zooming)."""
+        ref = ref if isinstance(ref, ImageRef) else ImageRef.from_part(ref)
+        found = await self.store.get(ref.sha256)
+        if found is None:
+            raise _expired(ref)
+        return await asyncio.to_thread(decode_stored, found[1])
+
+    async def put_image(self, image: Image.Image, *, lossless: bool = True) -> ImageRef:
+        """Store a new image (a crop, a rendering), resized to what the model will see."""
+        prepared = await self._prepare(prepare_pil, image, self.limits, lossless=lossless)
+        return await self.store.put(
+            prepared.data,
+            width=prepared.width,
+            height=prepared.height,
+            media_type=prepared.media_type,
+        )
+
+
+def _expired(ref: ImageRef) -> NotFoundError:
+    return NotFoundError(
+        f"image {ref.sha256[:12]}… is no longer stored (expired); send the image again",
+        code="image_expired",
+    )
+
+
+def _read_beneath(path: str, allowed: Sequence[Path], limit: int) -> tuple[bytes, bool]:
+    """Read `path` if it resolves inside one of `allowed`, opening each component without
+    following links. Returns (bytes, too_big) where too_big means more than `limit` bytes."""
+    real = os.path.realpath(path)
+    for directory in allowed:
+        base = os.path.realpath(directory)
+        if real.startswith(base.rstrip("/") + "/"):
+            relative = real[len(base.rstrip("/")) + 1 :].split("/")
+            break
+    else:
+        raise ImageError("image path is outside the allowed directories", code="path_not_allowed")
+    try:
+        fd = _open_beneath(base, relative)
+    except FileNotFoundError:
+        raise ImageError("image file not found", code="file_not_found") from None
+    except OSError:
+        # ELOOP (a link appeared after the check), ENOTDIR, EACCES: refuse, say little.
+        raise ImageError("image path cannot be opened", code="path_not_allowed") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError("image path is not a regular file", code="path_not_allowed")
+        if info.st_size > limit:
+            return b"", True
+        data = fh.read(limit + 1)
+    return (b"", True) if len(data) > limit else (data, False)
+
+
+def _open_beneath(base: str, relative: list[str]) -> int:
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    fd = os.open(base, flags | os.O_DIRECTORY)
+    try:
+        for part in relative[:-1]:
+            next_fd = os.open(part, flags | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        # O_NONBLOCK: opening a FIFO must not hang; it is then refused as not a regular file.
+        return os.open(relative[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)

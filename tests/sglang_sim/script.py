@@ -1,0 +1,101 @@
+"""What the simulated model says and how the simulated runtime behaves: rules, faults, config.
+
+A `Rule` scripts the raw text the "model" emits for matching requests; a `Fault` makes the
+runtime misbehave instead (or part-way through); `SimConfig` holds the launch-time settings
+that the real runtime takes from its command line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["DEFAULT_ANSWER", "DEFAULT_REASONING", "Fault", "FaultKind", "Rule", "SimConfig"]
+
+FaultKind = Literal["http_500", "http_429", "hang", "cut_stream", "malformed_chunk"]
+
+# What the model says when no rule matches (reasoning only when thinking is on).
+DEFAULT_REASONING = "The user sent a message. A short reply is enough.\n"
+DEFAULT_ANSWER = "This is a simulated answer."
+
+
+class Fault(BaseModel):
+    """A way for the runtime to fail, fired `times` times before the rule behaves normally.
+
+    - `http_500`: an SGLang-shaped 500 error body, before any generation.
+    - `http_429`: a 429 with a `Retry-After` header (`retry_after` seconds, default 1).
+    - `hang`: no answer at all until the client goes away (or the simulator stops).
+    - `cut_stream`: the connection is dropped after `after_chunks` SSE chunks, without
+      `[DONE]` (non-streaming: after the headers, mid-body).
+    - `malformed_chunk`: after `after_chunks` chunks a chunk that is not valid JSON is sent,
+      then the stream goes on normally (non-streaming: the body is not valid JSON).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: FaultKind
+    retry_after: float | None = None
+    after_chunks: int = Field(default=0, ge=0)
+    times: int = Field(default=1, ge=1)
+
+
+class Rule(BaseModel):
+    """A scripted answer.
+
+    `match` is a substring of the last user message's text (None matches any request);
+    `continuation` restricts the rule to `continue_final_message` requests (True), to fresh
+    ones (False) or neither (None). `output` is the RAW text the model emits after the
+    generation prompt, as Qwen3.6 would: with thinking on it starts inside the reasoning
+    (no `<think>`) and contains `</think>`; tool calls are `<tool_call>` XML blocks.
+    `ttft`/`tpot` override the config's latencies for this rule. `times` is how many
+    generations the rule serves before it expires (None = forever); fault firings do not
+    count against it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    match: str | None = None
+    continuation: bool | None = None
+    output: str
+    fault: Fault | None = None
+    ttft: float | None = Field(default=None, ge=0)
+    tpot: float | None = Field(default=None, ge=0)
+    times: int | None = Field(default=None, ge=1)
+
+
+class SimConfig(BaseModel):
+    """Launch-time settings of the simulated runtime (mirrors the real launch flags).
+
+    - `model_name`/`model_path`: `--served-model-name` / `--model-path`.
+    - `ignore_thinking_budget`: reproduce sglang issue #25536 (budget not enforced).
+    - `ttft`/`tpot`: seconds before the first token / between tokens.
+    - `max_running`: `--max-running-requests`; the rest wait in the queue.
+    - `default_template_kwargs`: `--default-chat-template-kwargs`.
+    - `api_key`: `--api-key` (Bearer check; health, ready and metrics bypass it).
+    - `enable_cache_report`: `--enable-cache-report` (`prompt_tokens_details.cached_tokens`).
+    - `cache_page_size`: `--page-size`; prefix-cache hits are whole pages (1 = per token).
+    - `context_length`: `--context-length`.
+    - `healthy_after_first_generation`: `/health` and `/ready` answer 503 until a generation
+      has completed, as a runtime does before its warm-up request finished.
+    - `health_check_latency`: seconds `/health` takes (the real one waits >= 1 s for a
+      one-token generation; 0 keeps tests fast).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model_name: str = "qwen3.6-27b-cascade"
+    model_path: str = "natfii/Qwen3.6-27B-VLM-Cascade"
+    ignore_thinking_budget: bool = False
+    ttft: float = Field(default=0.0, ge=0)
+    tpot: float = Field(default=0.0, ge=0)
+    max_running: int = Field(default=48, ge=1)
+    default_template_kwargs: dict[str, Any] = Field(
+        default_factory=lambda: {"enable_thinking": False}
+    )
+    api_key: str | None = None
+    enable_cache_report: bool = True
+    cache_page_size: int = Field(default=1, ge=1)
+    context_length: int = Field(default=131072, ge=16)
+    healthy_after_first_generation: bool = False
+    health_check_latency: float = Field(default=0.0, ge=0)
