@@ -102,16 +102,6 @@ class Settings(BaseSettings):
     agent_max_steps: int = Field(
         default=8, ge=1, le=64, description="Model calls per request before the run stops."
     )
-    server_tools: Annotated[list[str] | None, NoDecode] = Field(
-        default=None,
-        description="Comma-separated built-in tools a request may run by default; unset = all.",
-    )
-    tools_allow_write: bool = Field(
-        default=True, description="Allow tools with side effects (e.g. Home Assistant calls)."
-    )
-    tools_confirm_write: bool = Field(
-        default=True, description="Side-effect tools wait for the user's confirmation."
-    )
     system_prompt: str | None = Field(
         default=None,
         description="System prompt added when a conversation has none (stable text only).",
@@ -135,13 +125,6 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("server_tools", mode="before")
-    @classmethod
-    def _split_tools(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

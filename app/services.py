@@ -1,42 +1,78 @@
-"""The long-lived services one API process owns: session store, idempotency keys, image intake,
-tool registry. Opened in the app's lifespan, closed on shutdown (MCP servers included)."""
+"""The long-lived services one process owns (the API, or a batch worker): session store,
+idempotency keys, image intake and files, the tool registry with its operator policy, and the
+MCP servers. `open_services` starts them (MCP discovery included); `Services.aclose` stops them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+import structlog
 
 from app.config import Settings
+from app.media.config import MediaSettings
+from app.media.files import FileStore
+from app.media.intake import ImageIntake
 from app.sessions.config import SessionSettings
 from app.sessions.idempotency import IdempotencyStore
 from app.sessions.store import SessionStore
-from tools.registry import ToolRegistry
+from tools import build_registry, load_tool_settings
+from tools.registry import ToolPolicy, ToolRegistry
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
 class Services:
     sessions: SessionStore | None
     idempotency: IdempotencyStore | None
-    media: Any | None
-    registry: ToolRegistry | None
-    closers: list[Any]
+    media: ImageIntake | None
+    files: FileStore | None
+    media_settings: MediaSettings
+    registry: ToolRegistry
+    policy: ToolPolicy
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def aclose(self) -> None:
         for closer in reversed(self.closers):
-            await closer()
+            try:
+                await closer()
+            except Exception as exc:  # shutdown goes on; the log says what failed
+                log.warning("service_close_failed", exc_type=type(exc).__name__)
 
 
 async def open_services(redis: aioredis.Redis | None, settings: Settings) -> Services:
     session_settings = SessionSettings()
-    sessions = SessionStore(redis, session_settings) if redis is not None else None
-    idempotency = IdempotencyStore(redis, session_settings) if redis is not None else None
-    registry = ToolRegistry()
-    return Services(
-        sessions=sessions,
-        idempotency=idempotency,
-        media=None,
-        registry=registry,
-        closers=[],
+    media_settings = MediaSettings()
+    tool_settings = load_tool_settings()
+    registry = build_registry(tool_settings, media_settings=media_settings)
+    files = (
+        FileStore(redis, settings.state_dir / "files", media_settings)
+        if redis is not None
+        else None
     )
+    services = Services(
+        sessions=SessionStore(redis, session_settings) if redis is not None else None,
+        idempotency=IdempotencyStore(redis, session_settings) if redis is not None else None,
+        media=ImageIntake(redis, media_settings, files=files) if redis is not None else None,
+        files=files,
+        media_settings=media_settings,
+        registry=registry,
+        policy=tool_settings.policy(),
+    )
+    if tool_settings.mcp_servers:
+        # Imported here: the MCP client stack is heavy and most installs have no MCP servers.
+        from tools.mcp import McpManager
+
+        manager = McpManager(
+            tool_settings.mcp_servers,
+            registry,
+            default_timeout=tool_settings.tool_timeout,
+            max_output_chars=tool_settings.tool_max_output_chars,
+        )
+        await manager.start()
+        services.closers.append(manager.aclose)
+        log.info("mcp_started", servers=manager.status())
+    return services

@@ -171,8 +171,14 @@ def run_config(
     settings: Settings,
     options: SessionOptions,
     registry: ToolRegistry | None,
+    base_policy: ToolPolicy | None = None,
 ) -> tuple[RunConfig, ToolPolicy]:
-    """Resolve a request (over the session's options and the operator's defaults)."""
+    """Resolve a request over the session's options and the operator's defaults.
+
+    A request may narrow the operator's tool policy (fewer tools), never widen it: tools the
+    operator disabled stay unavailable, and write permission always comes from the operator.
+    """
+    base_policy = base_policy or ToolPolicy()  # the safe default: no writes
     check_temperature(req.temperature, settings)
     thinking = req.thinking
     budget_wanted = req.thinking_budget
@@ -182,16 +188,19 @@ def run_config(
     if thinking is None:
         thinking = options.thinking if options.thinking is not None else settings.thinking_default
     budget = grant_budget(budget_wanted or options.thinking_budget, settings) if thinking else None
-    available = registry.names() if registry is not None else []
-    wanted = req.server_tools
+    available = [
+        name
+        for name in (registry.names() if registry is not None else [])
+        if base_policy.is_enabled(name)
+    ]
+    wanted = req.server_tools if req.server_tools is not None else options.server_tools
     if wanted is None:
-        wanted = options.server_tools
-    if wanted is None:
-        wanted = settings.server_tools if settings.server_tools is not None else available
+        wanted = available
     unknown = sorted(set(wanted) - set(available))
     if unknown and req.server_tools is not None:
         raise InvalidRequestError(
-            f"unknown server tool(s): {', '.join(unknown)}; available: {', '.join(available)}",
+            f"unknown server tool(s): {', '.join(unknown)}; "
+            f"available: {', '.join(available) or 'none'}",
             param="server_tools",
         )
     sampling: dict[str, Any] = {}
@@ -230,7 +239,7 @@ def run_config(
     )
     policy = ToolPolicy(
         enabled=set(config.server_tools),
-        allow_write=settings.tools_allow_write,
-        confirm_write=settings.tools_confirm_write,
+        allow_write=base_policy.allow_write,
+        confirm_write=base_policy.confirm_write,
     )
     return config, policy

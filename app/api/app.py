@@ -17,12 +17,15 @@ from fastapi import Depends, FastAPI, Request
 
 from app import __version__
 from app.api.auth import authenticate
+from app.api.batches_api import router as batches_router
 from app.api.chat import router as chat_router
 from app.api.errors import install_error_handlers
 from app.api.middleware import RequestIdMiddleware
 from app.api.responses import JSONResponse
 from app.api.sessions_api import router as sessions_router
+from app.api.tools_api import router as tools_router
 from app.config import Settings
+from app.media.files_api import router as files_router
 from app.runtime import SGLangClient
 from app.runtime.guard import GuardedRuntime
 from app.services import open_services
@@ -53,10 +56,14 @@ def create_app(settings: Settings) -> FastAPI:
             else None
         )
         services = await open_services(app.state.redis, settings)
+        app.state.services = services
         app.state.sessions = services.sessions
         app.state.idempotency = services.idempotency
         app.state.media = services.media
+        app.state.media_settings = services.media_settings
+        app.state.file_store = services.files
         app.state.registry = services.registry
+        app.state.tool_policy = services.policy
         if not settings.auth_enabled:
             log.warning(
                 "auth_disabled",
@@ -84,6 +91,9 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(sessions_router)
+    app.include_router(files_router)
+    app.include_router(tools_router)
+    app.include_router(batches_router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -118,7 +118,7 @@ class Turn:
         req = self.req
         options = self.info.options if self.info is not None else SessionOptions()
         registry: ToolRegistry | None = self.state.registry
-        config, policy = run_config(req, self.settings, options, registry)
+        config, policy = run_config(req, self.settings, options, registry, self.state.tool_policy)
         new = normalise_messages(req.messages)
         media = self.state.media
         if media is not None:

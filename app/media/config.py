@@ -13,6 +13,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.media.ssrf import HostRules
+
 MB = 1024 * 1024
 
 # One visual token per 32x32 pixels (patch 16, spatial merge 2).
@@ -105,6 +107,12 @@ class MediaSettings(BaseSettings):
     @classmethod
     def _split_lists(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator("fetch_allow_hosts", "fetch_deny_hosts")
+    @classmethod
+    def _valid_host_rules(cls, value: list[str]) -> list[str]:
+        HostRules.parse(value)  # raises ValueError naming the bad entry
+        return value
 
     @field_validator("local_image_dirs")
     @classmethod

@@ -181,12 +181,14 @@ class SafeFetcher:
         body: str,
         raise_for_status: bool,
     ) -> FetchResult:
-        sent = {
-            "User-Agent": self.user_agent,
-            "Accept": ", ".join(accept) if accept else "*/*",
-            "Accept-Encoding": "identity",
-            **headers,
-        }
+        sent = httpx.Headers(
+            {
+                "User-Agent": self.user_agent,
+                "Accept": ", ".join(accept) if accept else "*/*",
+                "Accept-Encoding": "identity",
+            }
+        )
+        sent.update(headers)  # case-insensitive: the caller's values replace the defaults
         client = httpx.AsyncClient(
             transport=self.transport or httpx.AsyncHTTPTransport(verify=_default_ssl_context()),
             follow_redirects=False,
@@ -217,9 +219,8 @@ class SafeFetcher:
                         hop_what = f"{what} redirect target"
                         next_target = self.policy.parse_url(str(next_url), what=hop_what)
                         if next_target.origin != target.origin:
-                            sent = {
-                                k: v for k, v in sent.items() if k.lower() not in CREDENTIAL_HEADERS
-                            }
+                            for name in CREDENTIAL_HEADERS:
+                                sent.pop(name, None)
                         redirects.append(str(next_url))
                         target = next_target
                         continue
@@ -253,7 +254,7 @@ class SafeFetcher:
         client: httpx.AsyncClient,
         target: Target,
         addresses: list[IPAddress],
-        headers: Mapping[str, str],
+        headers: httpx.Headers,
         what: str,
     ) -> httpx.Response:
         extensions: dict[str, object] = {}
@@ -264,7 +265,7 @@ class SafeFetcher:
             request = client.build_request(
                 "GET",
                 target.url.copy_with(host=str(plain_address(ip))),
-                headers={**headers, "Host": target.host_header},
+                headers={**headers, "host": target.host_header},
                 extensions=extensions,
             )
             try:
@@ -274,10 +275,7 @@ class SafeFetcher:
                 log.info(
                     "fetch_connect_failed", host=target.host, ip=str(ip), error=type(exc).__name__
                 )
-                if (
-                    isinstance(exc.__cause__, ssl.SSLError)
-                    or "SSL" in type(exc.__context__).__name__
-                ):
+                if _caused_by_tls(exc):
                     failure = "failed TLS verification"
                 continue
             except httpx.HTTPError as exc:

@@ -91,8 +91,16 @@ def _fsync_dir(path: Path) -> None:
 class FileWriter:
     """One upload in progress. `write` chunks, then `commit` (or `abort` on any failure)."""
 
-    def __init__(self, store: FileStore, owner: str, filename: str, max_bytes: int) -> None:
+    def __init__(
+        self,
+        store: FileStore,
+        owner: str,
+        filename: str,
+        max_bytes: int,
+        purpose: str | None = None,
+    ) -> None:
         self.store = store
+        self.purpose = purpose
         self.owner = owner
         self.filename = clean_filename(filename)
         self.max_bytes = max_bytes
@@ -111,8 +119,9 @@ class FileWriter:
         self.size += len(chunk)
         if self.size > self.max_bytes:
             await self.abort()
+            what = f"{self.purpose} file" if self.purpose else "file"
             raise PayloadTooLargeError(
-                f"file larger than {human_bytes(self.max_bytes)}", code="file_too_large"
+                f"{what} larger than {human_bytes(self.max_bytes)}", code="file_too_large"
             )
         if len(self.head) < 16:
             self.head = (self.head + chunk)[:16]
@@ -209,9 +218,16 @@ class FileStore:
         return max(self.settings.file_max_bytes(p) for p in UPLOAD_PURPOSES)
 
     # --- writing ---
-    def writer(self, owner: str, filename: str, *, max_bytes: int | None = None) -> FileWriter:
-        """Start an upload whose purpose may not be known yet (multipart field order)."""
-        return FileWriter(self, owner, filename, max_bytes or self.max_upload_bytes())
+    def writer(self, owner: str, filename: str, *, purpose: str | None = None) -> FileWriter:
+        """Start an upload. Its size cap is the purpose's, or the largest any upload purpose
+        allows while the purpose is not known yet (multipart field order); `commit` checks the
+        purpose's cap again."""
+        limit = (
+            self.settings.file_max_bytes(purpose)
+            if purpose in PURPOSES
+            else self.max_upload_bytes()
+        )
+        return FileWriter(self, owner, filename, limit, purpose if purpose in PURPOSES else None)
 
     async def create(
         self,
@@ -225,7 +241,7 @@ class FileStore:
         """Store a whole file from bytes or an async byte stream."""
         if purpose not in PURPOSES:
             raise InvalidRequestError(f"unknown file purpose {purpose!r}", param="purpose")
-        writer = self.writer(owner, filename, max_bytes=self.settings.file_max_bytes(purpose))
+        writer = self.writer(owner, filename, purpose=purpose)
         try:
             if isinstance(content, bytes):
                 await writer.write(content)

@@ -36,7 +36,7 @@ _MAX_FIELDS = 16
 _MULTIPART_OVERHEAD = 1 << 20
 
 
-def get_file_store(request: Request) -> FileStore:
+async def get_file_store(request: Request) -> FileStore:
     """The app's `FileStore`, built on first use from the app state."""
     store: FileStore | None = getattr(request.app.state, "file_store", None)
     if store is None:
@@ -100,12 +100,11 @@ class _MultipartUpload:
             if self.writer is not None:
                 raise InvalidRequestError("only one file per upload", param="file")
             purpose = self.fields.get("purpose")
-            limit = (
-                self.store.settings.file_max_bytes(purpose)
-                if purpose in UPLOAD_PURPOSES
-                else self.store.max_upload_bytes()
+            self.writer = self.store.writer(
+                self.owner,
+                self._filename or "upload",
+                purpose=purpose if purpose in UPLOAD_PURPOSES else None,
             )
-            self.writer = self.store.writer(self.owner, self._filename or "upload", max_bytes=limit)
             self._in_file = True
         elif len(self.fields) >= _MAX_FIELDS:
             raise InvalidRequestError("too many form fields")

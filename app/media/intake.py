@@ -429,14 +429,20 @@ def _read_beneath(path: str, allowed: Sequence[Path], limit: int) -> tuple[bytes
     except OSError:
         # ELOOP (a link appeared after the check), ENOTDIR, EACCES: refuse, say little.
         raise ImageError("image path cannot be opened", code="path_not_allowed") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ImageError("image path is not a regular file", code="path_not_allowed")
         if info.st_size > limit:
             return b"", True
-        data = fh.read(limit + 1)
-    return (b"", True) if len(data) > limit else (data, False)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return (b"", True) if size > limit else (b"".join(chunks), False)
 
 
 def _open_beneath(base: str, relative: list[str]) -> int:

@@ -7,14 +7,19 @@ import asyncio
 import itertools
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 from openai import OpenAI
 
+from app.api.app import create_app
 from app.config import load_settings
-from tests.integration.conftest import Cascade
+from tests.integration.conftest import Cascade, cascade_settings
 from tests.integration.test_chat_api import WEATHER_TOOL, extra
+from tests.redis_server import RedisServer
+from tests.servers import serve_in_thread
 from tests.sglang_sim.script import Rule
 from tests.sglang_sim.testing import SimHandle
 from tests.sglang_sim.tokens import count_tokens
@@ -189,15 +194,49 @@ def test_text_in_a_tool_result_cannot_trigger_a_write_tool(
         messages=[{"role": "user", "content": "summarise the page"}],
         extra_body={"server_tools": ["read_page", "open_door"]},
     )
+    # The operator's default policy allows no write tools: the call is refused, not run.
+    assert rec.doors_opened == []
+    assert response.choices[0].message.content == "I did not open any door."
+    refused = [m for m in sim.sim.requests[-1].body["messages"] if m["role"] == "tool"][-1]
+    assert "not run" in refused["content"] or "not allowed" in refused["content"]
+
+
+@pytest.fixture
+def writable(
+    sim: SimHandle, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Cascade]:
+    """cascade with write tools allowed by the operator, each call needing confirmation."""
+    monkeypatch.setenv("CASCADE_TOOLS_ALLOW_WRITE", "*")
+    monkeypatch.setenv("CASCADE_TOOLS_CONFIRM_WRITE", "*")
+    settings = cascade_settings(sim, redis_server)
+    app = create_app(settings)
+    with serve_in_thread(app) as url:
+        yield Cascade(url=url, app=app, settings=settings)
+
+
+def test_injected_write_call_waits_for_the_user_when_writes_are_allowed(
+    writable: Cascade, sim: SimHandle
+) -> None:
+    rec = Recorder()
+    register_tools(writable, rec)
+    sim.sim.add_rule(Rule(output=call("read_page"), times=1))
+    sim.sim.add_rule(Rule(output=call("open_door", door="front"), times=1))
+    with writable.client() as client:
+        response = client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "summarise the page"}],
+            extra_body={"server_tools": ["read_page", "open_door"]},
+        )
     assert rec.doors_opened == []
     ext = extra(response, "cascade")
-    # Default policy: writes wait for the user's confirmation; nothing ran.
     assert ext["outcome"] == "confirmation_required"
     assert ext["pending_confirmation"]["tool"] == "open_door"
     assert response.choices[0].finish_reason == "tool_calls"
 
 
-def test_confirmed_write_call_runs_once(client: OpenAI, cascade: Cascade, sim: SimHandle) -> None:
+def test_confirmed_write_call_runs_once(writable: Cascade, sim: SimHandle) -> None:
+    cascade = writable
+    client = cascade.client()
     rec = Recorder()
     register_tools(cascade, rec)
     sim.sim.add_rule(Rule(output=call("open_door", door="garage"), times=1))

@@ -1,0 +1,234 @@
+"""`/v1/batches` (OpenAI's Batch API) and `/v1/jobs/image-questions`.
+
+The router brings its own lifespan: it runs the batch coordinator (`app.batches.coordinator`)
+in this process, next to the files it reads and writes. Another owner's batch answers exactly
+like a missing one (404).
+
+Besides OpenAI's endpoints: `POST /v1/jobs/image-questions` (a job expanded into a batch) and
+`GET /v1/batches/{id}/images/{sha256}` (a JPEG thumbnail of an image the batch's items used,
+for reports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from PIL import Image
+from starlette.responses import Response
+
+from app.api.auth import authenticate
+from app.api.responses import JSONResponse
+from app.batches.config import BatchSettings, load_batch_settings
+from app.batches.coordinator import Coordinator
+from app.batches.jobs import (
+    ImageQuestionsJob,
+    job_images,
+    job_lines,
+    load_template,
+    prompt_environment,
+)
+from app.batches.models import CreateBatchRequest
+from app.batches.store import BatchStore
+from app.config import Settings
+from app.errors import CascadeError, InvalidRequestError, NotFoundError
+from app.media.config import MediaSettings
+from app.media.files import FileStore
+from app.media.store import ImageRef
+
+log = structlog.get_logger(__name__)
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+THUMBNAIL_SIZE = 256
+
+
+def _file_store(app: FastAPI) -> FileStore:
+    store: FileStore | None = getattr(app.state, "file_store", None)
+    if store is None:
+        media: MediaSettings = getattr(app.state, "media_settings", None) or MediaSettings()
+        store = FileStore(app.state.redis, app.state.settings.state_dir / "files", media)
+        app.state.file_store = store
+    return store
+
+
+def _batch_settings(app: FastAPI) -> BatchSettings:
+    config: BatchSettings | None = getattr(app.state, "batch_settings", None)
+    if config is None:
+        config = load_batch_settings()
+        app.state.batch_settings = config
+    return config
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    redis = getattr(app.state, "redis", None)
+    if redis is None:
+        yield
+        return
+    config = _batch_settings(app)
+    coordinator = Coordinator(
+        redis,
+        _file_store(app),
+        app.state.settings,
+        config,
+        getattr(app.state, "registry", None),
+    )
+    app.state.batch_store = coordinator.store
+    stop = asyncio.Event()
+    task = asyncio.create_task(coordinator.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+router = APIRouter(lifespan=_lifespan)
+Owner = Annotated[str, Depends(authenticate)]
+
+
+def _store(request: Request) -> BatchStore:
+    store: BatchStore | None = getattr(request.app.state, "batch_store", None)
+    if store is None:
+        raise CascadeError("batches need Redis; set CASCADE_REDIS_URL", code="no_batch_store")
+    return store
+
+
+async def _model(request: Request) -> str | None:
+    """The served model's name for the batch object (None while the runtime is away)."""
+    try:
+        name: str = await request.app.state.runtime.model_name()
+    except CascadeError:
+        return None
+    return name
+
+
+async def _check_input(files: FileStore, owner: str, file_id: str) -> None:
+    try:
+        obj = await files.get(owner, file_id)
+    except NotFoundError:
+        raise InvalidRequestError(
+            f"no file with id {file_id!r}", param="input_file_id", code="file_not_found"
+        ) from None
+    if obj.purpose != "batch":
+        raise InvalidRequestError(
+            f"file {file_id} has purpose {obj.purpose!r}; batch input needs purpose 'batch'",
+            param="input_file_id",
+        )
+
+
+@router.post("/v1/batches")
+async def create_batch(body: CreateBatchRequest, request: Request, owner: Owner) -> JSONResponse:
+    store = _store(request)
+    await _check_input(_file_store(request.app), owner, body.input_file_id)
+    batch = await store.create(owner, body, model=await _model(request))
+    log.info("batch_created", batch_id=batch.id, input_file_id=body.input_file_id)
+    return JSONResponse(batch.to_openai())
+
+
+@router.get("/v1/batches")
+async def list_batches(
+    request: Request,
+    owner: Owner,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+) -> JSONResponse:
+    batches, has_more = await _store(request).list_batches(owner, limit=limit, after=after)
+    data = [b.to_openai() for b in batches]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
+    )
+
+
+@router.get("/v1/batches/{batch_id}")
+async def retrieve_batch(batch_id: str, request: Request, owner: Owner) -> JSONResponse:
+    return JSONResponse((await _store(request).get(owner, batch_id)).to_openai())
+
+
+@router.post("/v1/batches/{batch_id}/cancel")
+async def cancel_batch(batch_id: str, request: Request, owner: Owner) -> JSONResponse:
+    """Once this answers, no further item of the batch starts; running ones finish."""
+    batch = await _store(request).cancel(owner, batch_id)
+    log.info("batch_cancel_requested", batch_id=batch_id, status=batch.status)
+    return JSONResponse(batch.to_openai())
+
+
+@router.post("/v1/jobs/image-questions")
+async def create_image_questions_job(
+    job: ImageQuestionsJob, request: Request, owner: Owner
+) -> JSONResponse:
+    """Expand a job into a batch input file (streamed) and create the batch over it."""
+    store = _store(request)
+    config = _batch_settings(request.app)
+    settings: Settings = request.app.state.settings
+    media: MediaSettings = getattr(request.app.state, "media_settings", None) or MediaSettings()
+    if len(job.questions) > config.job_max_questions:
+        raise InvalidRequestError(
+            f"a job may ask at most {config.job_max_questions} questions", param="questions"
+        )
+    create = CreateBatchRequest(
+        input_file_id="pending",
+        endpoint="/v1/chat/completions",
+        completion_window=job.completion_window,
+        metadata=job.metadata,
+    )
+    template = None
+    if job.template is not None:
+        template = load_template(prompt_environment(config.templates_dir), job.template)
+    images = await job_images(job, media.local_image_dirs, config.job_max_images)
+    files = _file_store(request.app)
+    input_file = await files.create(
+        owner,
+        filename="image-questions.jsonl",
+        purpose="batch",
+        content=job_lines(job, images, template),
+    )
+    create = create.model_copy(update={"input_file_id": input_file.id})
+    batch = await store.create(
+        owner, create, job=job.summary(len(images)), model=job.model or await _model(request)
+    )
+    log.info(
+        "image_questions_job_created",
+        batch_id=batch.id,
+        images=len(images),
+        questions=len(job.questions),
+        system_prompt=settings.system_prompt is not None,
+    )
+    return JSONResponse(batch.to_openai())
+
+
+def _thumbnail(image: Image.Image) -> bytes:
+    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="JPEG", quality=75)
+    return out.getvalue()
+
+
+@router.get("/v1/batches/{batch_id}/images/{sha256}")
+async def batch_image_thumbnail(
+    batch_id: str, sha256: str, request: Request, owner: Owner
+) -> Response:
+    """A small JPEG of a processed image (by content hash) for the batch's report."""
+    await _store(request).get(owner, batch_id)
+    media: Any = getattr(request.app.state, "media", None)
+    if media is None or not _SHA256.fullmatch(sha256):
+        raise NotFoundError("no such image", code="image_not_found")
+    image = await media.load_image(ImageRef(sha256, 1, 1, "image/jpeg"))
+    data = await asyncio.to_thread(_thumbnail, image)
+    return Response(
+        data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
+    )
