@@ -83,21 +83,30 @@ class SGLangClient:
         headers = {"content-type": "application/json"}
         if settings.runtime_api_key is not None:
             headers["authorization"] = f"Bearer {settings.runtime_api_key.get_secret_value()}"
-        self._http = httpx.AsyncClient(
-            base_url=settings.runtime_base,
-            headers=headers,
-            timeout=httpx.Timeout(
-                connect=settings.runtime_connect_timeout,
-                read=settings.runtime_read_timeout,
-                write=settings.runtime_read_timeout,
-                pool=settings.runtime_connect_timeout,
-            ),
+        timeout = httpx.Timeout(
+            connect=settings.runtime_connect_timeout,
+            read=settings.runtime_read_timeout,
+            write=settings.runtime_read_timeout,
+            pool=settings.runtime_connect_timeout,
+        )
+        # One pool: generation calls go straight to the transport (no per-call URL/header
+        # merging, auth or redirect machinery: that was most of cascade's CPU per turn); the
+        # client on the same transport serves the occasional small calls.
+        self._transport = transport or httpx.AsyncHTTPTransport(
             limits=httpx.Limits(
                 max_connections=settings.runtime_max_connections,
                 max_keepalive_connections=settings.runtime_max_connections,
             ),
-            transport=transport,
         )
+        self._http = httpx.AsyncClient(
+            base_url=settings.runtime_base,
+            headers=headers,
+            timeout=timeout,
+            transport=self._transport,
+        )
+        self._headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+        self._timeout_ext = timeout.as_dict()
+        self._chat_url = httpx.URL(settings.runtime_base + "/v1/chat/completions")
         self._model: str | None = settings.model
 
     async def aclose(self) -> None:
@@ -152,10 +161,21 @@ class SGLangClient:
         self, path: str, body: bytes, *, stream: bool, routing_key: str | None = None
     ) -> AsyncIterator[httpx.Response]:
         """One POST attempt; yields a 200 response or raises (`_Retryable` when retrying helps)."""
-        headers = {"x-smg-routing-key": routing_key} if routing_key else None
-        request = self._http.build_request("POST", path, content=body, headers=headers)
+        headers = list(self._headers)
+        if routing_key:
+            headers.append((b"x-smg-routing-key", routing_key.encode()))
+        url = (
+            self._chat_url
+            if path == "/v1/chat/completions"
+            else httpx.URL(self.settings.runtime_base + path)
+        )
+        request = httpx.Request(
+            "POST", url, headers=headers, content=body, extensions={"timeout": self._timeout_ext}
+        )
         try:
-            response = await self._http.send(request, stream=stream)
+            response = await self._transport.handle_async_request(request)
+            if not stream:
+                await response.aread()
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise _Retryable(self._unavailable("is not reachable")) from exc
         except httpx.RemoteProtocolError as exc:
