@@ -24,7 +24,12 @@ from starlette.types import Receive, Send
 from app.runtime.template import render_chat_prompt
 from tests.sglang_sim.generation import THINK_END, Decoder, Plan, Step, plan_output
 from tests.sglang_sim.media import ImageError, ImageInfo, prompt_images
-from tests.sglang_sim.parsing import Delta, RequestParsing, tool_parsing_active
+from tests.sglang_sim.parsing import (
+    Delta,
+    RequestParsing,
+    normalize_schema_types,
+    tool_parsing_active,
+)
 from tests.sglang_sim.protocol import (
     MAX_STOP_COUNT,
     ChatRequest,
@@ -145,6 +150,9 @@ def _validation_error(config: SimConfig, request: ChatRequest) -> str | None:
     for i, tool in enumerate(tools):
         if tool.function.parameters is None:
             continue
+        # SGLang rewrites ORM-style type names ("int", "list[str]", ...) in place first, and
+        # renders and parses with the rewritten schema.
+        normalize_schema_types(tool.function.parameters)
         try:
             Draft202012Validator.check_schema(tool.function.parameters)  # type: ignore[arg-type]
         except SchemaError as exc:

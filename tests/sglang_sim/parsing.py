@@ -61,6 +61,7 @@ __all__ = [
     "SplitResult",
     "StreamSplitter",
     "effective_tools",
+    "normalize_schema_types",
     "reasoning_starts_in_think",
     "split_output",
     "template_kwargs",
@@ -361,8 +362,8 @@ _TYPE_PREFIXES = (
 _PREFIX_FOLLOWERS = frozenset("0123456789[<( \t")
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-_SCHEMA_ONES = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
-_SCHEMA_ONES += ("propertyNames", "unevaluatedItems", "unevaluatedProperties")
+_SCHEMA_ONES: tuple[str, ...] = ("items", "additionalProperties", "not", "if", "then", "else")
+_SCHEMA_ONES += ("contains", "propertyNames", "unevaluatedItems", "unevaluatedProperties")
 
 
 def _standard_type_name(name: Any) -> Any:
@@ -384,11 +385,14 @@ def _standard_type_name(name: Any) -> Any:
     return name
 
 
-def _standardise_schema(schema: Any) -> None:
-    """Rewrite non-standard `type` names in place, everywhere a subschema can sit."""
+def normalize_schema_types(schema: Any) -> None:
+    """Rewrite DB/ORM-style `type` names ("int", "varchar", "dict", "list[str]", ...) to JSON
+    Schema types, in place, everywhere a subschema can sit — what SGLang's `_validate_request`
+    does to each tool's `parameters` before it validates the schema (Draft 2020-12), renders
+    it into the prompt and parses calls with it. Unknown names are left as they are."""
     if isinstance(schema, list):
         for item in schema:
-            _standardise_schema(item)
+            normalize_schema_types(item)
         return
     if not isinstance(schema, dict):
         return
@@ -407,15 +411,15 @@ def _standardise_schema(schema: Any) -> None:
         nested = schema.get(key)
         if isinstance(nested, dict):
             for sub in nested.values():
-                _standardise_schema(sub)
+                normalize_schema_types(sub)
     for key in _SCHEMA_LISTS:
         nested = schema.get(key)
         if isinstance(nested, list):
             for sub in nested:
-                _standardise_schema(sub)
+                normalize_schema_types(sub)
     for key in _SCHEMA_ONES:
         if key in schema:
-            _standardise_schema(schema[key])
+            normalize_schema_types(schema[key])
 
 
 def _prepared_tools(tools: Iterable[Mapping[str, Any]] | None) -> list[Any]:
@@ -424,7 +428,7 @@ def _prepared_tools(tools: Iterable[Mapping[str, Any]] | None) -> list[Any]:
     for tool in prepared:
         function = tool.get("function") if isinstance(tool, dict) else None
         if isinstance(function, dict) and function.get("parameters") is not None:
-            _standardise_schema(function["parameters"])
+            normalize_schema_types(function["parameters"])
     return prepared
 
 
