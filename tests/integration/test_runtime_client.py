@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,16 +18,10 @@ from app.runtime import GuardedRuntime, RuntimeRequest, SGLangClient
 from app.runtime.body import new_rid
 from tests.redis_server import free_port
 from tests.sglang_sim.script import Fault, Rule
-from tests.sglang_sim.testing import SimHandle, running_simulator
+from tests.sglang_sim.testing import SimHandle
 from tests.sglang_sim.tokens import count_tokens
 
 Q = [{"role": "user", "content": "question"}]
-
-
-@pytest.fixture
-def sim() -> AsyncIterator[SimHandle]:  # type: ignore[misc]
-    with running_simulator() as handle:
-        yield handle
 
 
 def settings_for(sim: SimHandle, **overrides: object) -> Settings:
