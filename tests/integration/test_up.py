@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 import redis
 
 from tests.redis_server import free_port
+from tests.sglang_sim.testing import running_simulator
 
 
 class Up:
@@ -49,15 +51,15 @@ def wait_for(url: str, timeout: float = 30.0) -> httpx.Response:
             time.sleep(0.1)
 
 
-@pytest.fixture
-def cascade_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Up]:
+@contextmanager
+def run_up(tmp_path: Path, runtime_url: str) -> Iterator[Up]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
     env |= {
         "CASCADE_STATE_DIR": str(tmp_path / "state"),
         "CASCADE_PORT": str(port),
         "CASCADE_LOG_FORMAT": "json",
-        "CASCADE_RUNTIME_URL": os.environ["CASCADE_RUNTIME_URL"],
+        "CASCADE_RUNTIME_URL": runtime_url,
         "CASCADE_RUNTIME_MAX_RETRIES": "0",
     }
     log_path = tmp_path / "up.log"
@@ -77,6 +79,24 @@ def cascade_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Up]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture
+def cascade_up(tmp_path: Path) -> Iterator[Up]:
+    with run_up(tmp_path, os.environ["CASCADE_RUNTIME_URL"]) as up:
+        yield up
+
+
+def test_up_with_the_runtime_running_is_ready_and_lists_the_model(tmp_path: Path) -> None:
+    with running_simulator() as sim, run_up(tmp_path, sim.url) as up:
+        deadline = time.monotonic() + 20
+        while (ready := httpx.get(up.base + "/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.2)
+        body = ready.json()
+        assert body["runtime"]["reachable"] and body["redis"]["ok"]
+        models = httpx.get(up.base + "/v1/models").json()
+        assert [m["id"] for m in models["data"]] == ["qwen3.6-27b-cascade"]
 
 
 def test_up_starts_redis_api_and_worker_and_reports_the_runtime_down(cascade_up: Up) -> None:
