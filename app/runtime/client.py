@@ -249,7 +249,8 @@ class SGLangClient:
                     decoder = SSEDecoder()
                     pending: Chunk | None = None
                     finished = False
-                    async for data in response.aiter_bytes():
+                    # The raw byte stream: httpx's decoder layers add nothing for SSE over JSON.
+                    async for data in response.stream:  # type: ignore[union-attr]
                         for event in decoder.feed(data):
                             if event is DONE:
                                 finished = True
