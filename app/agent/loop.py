@@ -356,6 +356,10 @@ class AgentRun:
                     content = found.remaining_text
                 if found.calls:
                     log.info("tool_call_repaired", where=field_name, count=len(found.calls))
+            if not calls and not problems and swallowed(completion, bool(self.tool_defs)):
+                problems.append(
+                    "the runtime could not read it (no answer text and no valid tool call)"
+                )
             assistant: dict[str, Any] = {
                 "role": "assistant",
                 "content": content,
@@ -444,6 +448,15 @@ class AgentRun:
                 if isinstance(event, RunDone):
                     return event.result
         raise AssertionError("run ended without a result")
+
+
+def swallowed(completion: Completion, tools_offered: bool) -> bool:
+    """The model produced answer tokens but nothing came out: the runtime's tool parser ate a
+    malformed call (SGLang drops a `<tool_call>` block it cannot parse). Never silently."""
+    if not tools_offered or completion.finish_reason != "stop" or completion.content.strip():
+        return False
+    usage = completion.usage
+    return usage.completion_tokens > usage.reasoning_tokens + 1
 
 
 def tool_result_text(value: Any) -> str:
