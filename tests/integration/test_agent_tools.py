@@ -329,3 +329,29 @@ def test_schema_order_is_stable_across_registries(cascade: Cascade) -> None:
     first = json.dumps(registry.schemas(["read_page", "lookup", "open_door"]))
     second = json.dumps(registry.schemas(["open_door", "lookup", "read_page"]))
     assert first == second
+
+
+def test_preserve_thinking_reuses_the_whole_previous_prompt_and_output(
+    client: OpenAI, sim: SimHandle
+) -> None:
+    for turn in range(4):
+        sim.sim.add_rule(
+            Rule(match=f"q{turn}", output=f"Thinking about q{turn}.\n</think>\n\nAnswer {turn}.")
+        )
+    first = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "q0"}],
+        extra_body={"store": True, "thinking": True, "preserve_thinking": True},
+    )
+    session_id = extra(first, "session_id")
+    for turn in range(1, 4):
+        client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": f"q{turn}"}],
+            extra_body={"session_id": session_id},
+        )
+    records = sim.sim.requests
+    for prev, cur in itertools.pairwise(records):
+        assert cur.body["chat_template_kwargs"]["preserve_thinking"] is True
+        assert cur.prompt.startswith(prev.prompt + prev.output + "<|im_end|>")
+        assert cur.cached_tokens >= count_tokens(prev.prompt + prev.output)
