@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from app.config import Settings, load_settings
@@ -112,5 +114,5 @@ def test_rids_are_unique_and_never_a_prefix_of_another() -> None:
     rids = [new_rid() for _ in range(2000)] + [new_rid("g") for _ in range(20)]
     assert len(set(rids)) == len(rids)
     ordered = sorted(rids)
-    for a, b in zip(ordered, ordered[1:], strict=False):
+    for a, b in itertools.pairwise(ordered):
         assert not b.startswith(a)
