@@ -103,7 +103,10 @@ def build_launch_command(
         str(spec.mem_fraction_static),
         "--enable-metrics",
         "--enable-cache-report",
+        # Chat requests carry no priority and get this default; batch items go below it.
         "--enable-priority-scheduling",
+        "--default-priority-value",
+        "0",
     ]
     if spec.quantization is not None:
         argv += ["--quantization", spec.quantization]
