@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -54,6 +55,24 @@ from app.runtime.sse import (
 log = structlog.get_logger(__name__)
 
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MIN_ANSWER_ROOM = 16
+
+_TOTAL_TOO_LONG = re.compile(
+    rb"maximum context length of (\d+) tokens\. You requested a total of \d+ tokens: "
+    rb"(\d+) tokens from the input"
+)
+_COMPLETION_TOO_LONG = re.compile(rb"supports at most (\d+) completion tokens")
+
+
+def context_room(body: bytes, asked: int) -> int | None:
+    """From SGLang's 400 text: how many tokens `max_tokens` may be, or None (another error)."""
+    total = _TOTAL_TOO_LONG.search(body)
+    if total is not None:
+        return int(total.group(1)) - int(total.group(2))
+    completion = _COMPLETION_TOO_LONG.search(body)
+    if completion is not None:
+        return min(asked - 1, int(completion.group(1)))
+    return None
 
 
 class _Retryable(Exception):
@@ -156,11 +175,33 @@ class SGLangClient:
             delay = max(delay, min(retry_after, 30.0))
         await asyncio.sleep(delay)
 
+    async def _send(
+        self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes, *, stream: bool
+    ) -> httpx.Response:
+        request = httpx.Request(
+            "POST", url, headers=headers, content=body, extensions={"timeout": self._timeout_ext}
+        )
+        try:
+            response = await self._transport.handle_async_request(request)
+            if not stream or response.status_code != 200:
+                await response.aread()
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise _Retryable(self._unavailable("is not reachable")) from exc
+        except httpx.RemoteProtocolError as exc:
+            raise _Retryable(self._unavailable("closed the connection")) from exc
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError("the runtime did not answer in time") from exc
+        return response
+
     @asynccontextmanager
     async def _open(
-        self, path: str, body: bytes, *, stream: bool, routing_key: str | None = None
+        self, path: str, payload: dict[str, Any], *, stream: bool, routing_key: str | None = None
     ) -> AsyncIterator[httpx.Response]:
-        """One POST attempt; yields a 200 response or raises (`_Retryable` when retrying helps)."""
+        """One POST attempt; yields a 200 response or raises (`_Retryable` when retrying helps).
+
+        A request whose `max_tokens` does not fit the context window beside the prompt is sent
+        again at once with the room the runtime reported (SGLang rejects it otherwise).
+        """
         headers = list(self._headers)
         if routing_key:
             headers.append((b"x-smg-routing-key", routing_key.encode()))
@@ -169,23 +210,26 @@ class SGLangClient:
             if path == "/v1/chat/completions"
             else httpx.URL(self.settings.runtime_base + path)
         )
-        request = httpx.Request(
-            "POST", url, headers=headers, content=body, extensions={"timeout": self._timeout_ext}
-        )
-        try:
-            response = await self._transport.handle_async_request(request)
-            if not stream:
-                await response.aread()
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise _Retryable(self._unavailable("is not reachable")) from exc
-        except httpx.RemoteProtocolError as exc:
-            raise _Retryable(self._unavailable("closed the connection")) from exc
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError("the runtime did not answer in time") from exc
+        response = await self._send(url, headers, orjson.dumps(payload), stream=stream)
+        for _ in range(2):
+            if response.status_code != 400 or "max_tokens" not in payload:
+                break
+            room = context_room(response.content, payload["max_tokens"])
+            if room is None:
+                break
+            await response.aclose()
+            if room < MIN_ANSWER_ROOM:
+                raise InvalidRequestError(
+                    "the conversation no longer fits the model's context window; start a new "
+                    "session (or fork this one earlier) or send shorter input",
+                    code="context_length_exceeded",
+                )
+            log.info("max_tokens_fitted", asked=payload["max_tokens"], fitted=room)
+            payload = {**payload, "max_tokens": room}
+            response = await self._send(url, headers, orjson.dumps(payload), stream=stream)
         try:
             if response.status_code != 200:
-                raw = await response.aread()
-                error = self._error_for_status(response, raw)
+                error = self._error_for_status(response, response.content)
                 if response.status_code in _RETRY_STATUSES:
                     raise _Retryable(error, _retry_after(response))
                 raise error
@@ -208,7 +252,7 @@ class SGLangClient:
         """One non-streamed generation (no budget guard at this layer)."""
         rid = rid or new_rid()
         model = await self.model_name()
-        body = orjson.dumps(build_chat_body(req, self.settings, model=model, rid=rid, stream=False))
+        body = build_chat_body(req, self.settings, model=model, rid=rid, stream=False)
         attempts = self.settings.runtime_max_retries + 1
         for attempt in range(attempts):
             try:
@@ -237,7 +281,7 @@ class SGLangClient:
         """
         rid = rid or new_rid()
         model = await self.model_name()
-        body = orjson.dumps(build_chat_body(req, self.settings, model=model, rid=rid, stream=True))
+        body = build_chat_body(req, self.settings, model=model, rid=rid, stream=True)
         deadline = time.monotonic() + self.settings.runtime_total_timeout
         attempts = self.settings.runtime_max_retries + 1
         for attempt in range(attempts):

@@ -235,3 +235,39 @@ async def test_budget_ignored_by_the_runtime_is_cut_by_the_guard(
     assert body["messages"][-1]["content"].endswith("\n</think>\n\n")
     # The simulator classifies the continuation as the answer, as a real runtime does.
     assert follow.reasoning_tokens == 0
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+async def test_max_tokens_is_fitted_to_a_small_context_window(
+    sim: SimHandle, thinking: bool
+) -> None:
+    # A checkpoint with a short context: cascade's default allowance does not fit beside the
+    # prompt, and SGLang rejects such a request unless it is fitted.
+    sim.sim.config.context_length = 600
+    sim.sim.add_rule(Rule(output="short.</think>\n\nFits." if thinking else "Fits."))
+    settings = settings_for(sim)
+    client = SGLangClient(settings)
+    runtime = GuardedRuntime(client, settings)
+    try:
+        result = await runtime.complete(
+            RuntimeRequest(messages=Q, thinking=thinking, thinking_budget=100 if thinking else None)
+        )
+    finally:
+        await client.aclose()
+    assert result.content.strip() == "Fits."
+    ok = [r for r in sim.sim.requests if r.status_code == 200]
+    assert len(ok) == 1
+    assert ok[0].body["max_tokens"] + ok[0].prompt_tokens <= 600
+
+
+async def test_prompt_longer_than_the_context_is_a_clear_400(sim: SimHandle) -> None:
+    sim.sim.config.context_length = 64
+    client = SGLangClient(settings_for(sim))
+    try:
+        with pytest.raises(Exception) as info:
+            await client.complete(
+                RuntimeRequest(messages=[{"role": "user", "content": "x " * 200}])
+            )
+    finally:
+        await client.aclose()
+    assert getattr(info.value, "status", None) == 400
