@@ -84,11 +84,6 @@ class Settings(BaseSettings):
         ge=16,
         description="Answer tokens allowed beyond the thinking budget when max_tokens is unset.",
     )
-    answer_tokens_min: int = Field(
-        default=256,
-        ge=1,
-        description="Answer tokens always left beyond the thinking budget.",
-    )
     temperature: float = Field(default=0.7, ge=0, le=2)
     top_p: float = Field(default=0.95, gt=0, le=1)
     top_k: int = Field(default=20, ge=-1)

@@ -48,9 +48,9 @@ def grant_budget(requested: int | None, settings: Settings) -> int:
 
 
 def answer_allowance(req: RuntimeRequest, settings: Settings) -> int:
-    """Tokens the answer may use beyond the reasoning, never below the configured minimum."""
-    wanted = req.max_answer_tokens or settings.answer_tokens_default
-    return max(wanted, settings.answer_tokens_min) if req.thinking else wanted
+    """Tokens the answer may use beyond the reasoning: the caller's `max_tokens`, else the
+    configured default. The thinking budget comes on top, so reasoning never starves it."""
+    return req.max_answer_tokens or settings.answer_tokens_default
 
 
 def runtime_max_tokens(req: RuntimeRequest, settings: Settings) -> int:
