@@ -37,15 +37,14 @@ from app.agent.models import (
 )
 from app.agent.prompt import ImageSource, image_refs, runtime_messages
 from app.agent.repair import extract_calls, has_call_markup
+from app.runtime.aggregate import CompletionBuilder
 from app.runtime.body import new_rid
 from app.runtime.guard import Runtime
 from app.runtime.models import (
     Completion,
-    FinishReason,
     RuntimeRequest,
     ThinkingReport,
     ToolCall,
-    ToolCallFunction,
     Usage,
 )
 from tools.registry import ConfirmationRequired, ToolContext, ToolPolicy, ToolRegistry, ToolResult
@@ -169,13 +168,11 @@ class AgentRun:
             completion = await self.runtime.complete(req, rid=rid)
             yield completion
             return
-        calls: dict[int, tuple[str, str, list[str]]] = {}
+        builder = CompletionBuilder()
         client_index: dict[int, int] = {}
-        finish: FinishReason = "stop"
-        usage = Usage()
-        thinking = ThinkingReport(enabled=req.thinking)
         async with aclosing(self.runtime.stream(req, rid=rid)) as chunks:
             async for chunk in chunks:
+                builder.add(chunk)
                 if chunk.reasoning_content:
                     self._step_reasoning.append(chunk.reasoning_content)
                     yield ReasoningDelta(chunk.reasoning_content)
@@ -183,46 +180,22 @@ class AgentRun:
                     self._step_content.append(chunk.content)
                     yield ContentDelta(chunk.content)
                 for delta in chunk.tool_calls or ():
-                    call_id, name, args = calls.get(delta.index, ("", "", []))
-                    call_id = call_id or delta.id or ""
-                    name = name or delta.name or ""
-                    calls[delta.index] = (call_id, name, args)
-                    args.append(delta.arguments)
-                    if delta.index not in client_index and name in self.client_names:
+                    # Client calls stream on as they arrive, renumbered among client calls;
+                    # server calls are the loop's business and stay in.
+                    if delta.index in client_index:
+                        if delta.arguments:
+                            yield ClientToolCallDelta(
+                                client_index[delta.index], None, None, delta.arguments
+                            )
+                        continue
+                    call_id, name, args = builder.call(delta.index)
+                    if name in self.client_names:
                         client_index[delta.index] = len(client_index)
                         yield ClientToolCallDelta(client_index[delta.index], call_id, name, "")
-                        if "".join(args):
-                            yield ClientToolCallDelta(
-                                client_index[delta.index], None, None, "".join(args)
-                            )
-                    elif delta.index in client_index and delta.arguments:
-                        yield ClientToolCallDelta(
-                            client_index[delta.index], None, None, delta.arguments
-                        )
-                if chunk.finish_reason is not None:
-                    finish = chunk.finish_reason
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                if chunk.thinking is not None:
-                    thinking = chunk.thinking
-        tool_calls = [
-            ToolCall(
-                id=call_id or f"call_{index}",
-                function=ToolCallFunction(name=name, arguments="".join(args) or "{}"),
-            )
-            for index, (call_id, name, args) in sorted(calls.items())
-        ]
+                        if args:
+                            yield ClientToolCallDelta(client_index[delta.index], None, None, args)
         self._streamed_client_calls = len(client_index)
-        yield Completion(
-            rid=rid,
-            model="",
-            content="".join(self._step_content),
-            reasoning_content="".join(self._step_reasoning) or None,
-            tool_calls=tool_calls,
-            finish_reason=finish,
-            usage=usage,
-            thinking=thinking,
-        )
+        yield builder.build(rid=rid, model="")
 
     async def _run_tool(self, call: ToolCall, images: list[dict[str, Any]]) -> ToolResult:
         name = call.function.name

@@ -5,8 +5,9 @@ wrapped in the thinking-budget guard.
 """
 
 from app.config import Settings
+from app.runtime.aggregate import collect
 from app.runtime.client import SGLangClient
-from app.runtime.guard import GuardedRuntime, Runtime, collect
+from app.runtime.guard import GuardedRuntime, Runtime
 from app.runtime.models import (
     Chunk,
     Completion,

@@ -34,17 +34,15 @@ from typing import Protocol
 import structlog
 
 from app.config import Settings
+from app.runtime.aggregate import collect
 from app.runtime.body import answer_allowance, new_rid
 from app.runtime.models import (
     Chunk,
     ChunkStream,
     Completion,
-    FinishReason,
     RuntimeHealth,
     RuntimeRequest,
     ThinkingReport,
-    ToolCall,
-    ToolCallFunction,
     Usage,
 )
 
@@ -215,45 +213,3 @@ class GuardedRuntime:
                     chunk.usage.reasoning_tokens = report.used
                     chunk.thinking = report
                 yield chunk
-
-
-async def collect(chunks: ChunkStream, *, rid: str, model: str) -> Completion:
-    """Aggregate a chunk stream into a `Completion` (tool-call deltas merged by index)."""
-    content: list[str] = []
-    reasoning: list[str] = []
-    calls: dict[int, tuple[str, str, list[str]]] = {}
-    finish: FinishReason = "stop"
-    usage = Usage()
-    thinking = ThinkingReport(enabled=False)
-    async for chunk in chunks:
-        if chunk.reasoning_content:
-            reasoning.append(chunk.reasoning_content)
-        if chunk.content:
-            content.append(chunk.content)
-        for delta in chunk.tool_calls or ():
-            call_id, name, args = calls.get(delta.index, ("", "", []))
-            calls[delta.index] = (call_id or delta.id or "", name or delta.name or "", args)
-            args.append(delta.arguments)
-        if chunk.finish_reason is not None:
-            finish = chunk.finish_reason
-        if chunk.usage is not None:
-            usage = chunk.usage
-        if chunk.thinking is not None:
-            thinking = chunk.thinking
-    tool_calls = [
-        ToolCall(
-            id=call_id or f"call_{index}",
-            function=ToolCallFunction(name=name, arguments="".join(args) or "{}"),
-        )
-        for index, (call_id, name, args) in sorted(calls.items())
-    ]
-    return Completion(
-        rid=rid,
-        model=model,
-        content="".join(content),
-        reasoning_content="".join(reasoning) if reasoning else None,
-        tool_calls=tool_calls,
-        finish_reason=finish,
-        usage=usage,
-        thinking=thinking,
-    )
