@@ -155,18 +155,26 @@ async def bench(sim_url: str, cascade_url: str, pid: int) -> dict[str, Any]:
             r.raise_for_status()
             return 0
 
+        async def sessions_of(size: int, count: int) -> list[str]:
+            # One fresh session per measured turn, so every turn sees the same history size.
+            return [(await new_session(size))[0] for _ in range(count)]
+
         async def measure_turns(concurrency: int, total: int) -> dict[str, float]:
-            sessions = [(await new_session(2))[0] for _ in range(concurrency)]
+            warm = await sessions_of(2, concurrency * 2)
+            sessions = await sessions_of(2, total)
             _, history = await new_session(2)
             history = [*history, {"role": "assistant", "content": "A short answer."}]
 
+            def warm_call(i: int) -> Callable[[], Awaitable[Any]]:
+                return lambda: through_call(warm[i], f"w{i}", False)
+
             def via_call(i: int) -> Callable[[], Awaitable[Any]]:
-                return lambda: through_call(sessions[i % concurrency], f"q{i}", False)
+                return lambda: through_call(sessions[i], f"q{i}", False)
 
             def base_call(i: int) -> Callable[[], Awaitable[Any]]:
                 return lambda: direct_call(direct_body(history, f"q{i}", False))
 
-            await run_concurrently(via_call, concurrency * 2, concurrency)
+            await run_concurrently(warm_call, concurrency * 2, concurrency)
             cpu0 = cpu_seconds(pid)
             via = await run_concurrently(via_call, total, concurrency)
             cpu1 = cpu_seconds(pid)
@@ -188,14 +196,13 @@ async def bench(sim_url: str, cascade_url: str, pid: int) -> dict[str, Any]:
         # --- history length: 200 messages vs 2 messages, concurrency 1
         per_history: dict[int, float] = {}
         for size in (2, 200):
-            session_id, _ = await new_session(size)
-            for _ in range(5):
+            sessions = await sessions_of(size, 60)
+            for session_id in sessions[:5]:
                 await through_call(session_id, "warm", False)
             cpu0 = cpu_seconds(pid)
-            n = 100
-            for i in range(n):
+            for i, session_id in enumerate(sessions[5:]):
                 await through_call(session_id, f"h{i}", False)
-            per_history[size] = (cpu_seconds(pid) - cpu0) / n
+            per_history[size] = (cpu_seconds(pid) - cpu0) / len(sessions[5:])
         results["history"] = {
             "cpu_ms_per_turn_2": round(per_history[2] * 1e3, 3),
             "cpu_ms_per_turn_200": round(per_history[200] * 1e3, 3),
@@ -203,12 +210,13 @@ async def bench(sim_url: str, cascade_url: str, pid: int) -> dict[str, Any]:
         }
 
         # --- streamed turns of ~500 chunks, concurrency 1
-        session_id, history = await new_session(2)
-        await through_call(session_id, "stream please", True)
         n = 20
+        stream_sessions = await sessions_of(2, n + 1)
+        _, history = await new_session(2)
+        await through_call(stream_sessions[-1], "stream please", True)
         cpu0 = cpu_seconds(pid)
         via_s, chunk_counts = [], []
-        for _ in range(n):
+        for session_id in stream_sessions[:n]:
             start = time.perf_counter()
             chunk_counts.append(await through_call(session_id, "stream please", True))
             via_s.append(time.perf_counter() - start)
