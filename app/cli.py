@@ -1,7 +1,8 @@
 """The `cascade` command.
 
 Sub-commands: `serve` (the HTTP API), `worker` (a batch worker), `up` (Redis if needed + API +
-one worker, supervised), `runtime` (print or launch the SGLang command for a hardware profile).
+one worker, supervised), `runtime` (print or launch the SGLang command for a hardware profile),
+`batch` (submit, watch, download and report batches over the API; `app.batch_cli`).
 Configuration errors exit with status 2 and a message naming each bad variable.
 """
 
@@ -20,8 +21,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from app.api.app import create_app
     from app.config import load_settings
     from app.logs import configure_logging
+    from app.services import check_settings
 
     settings = load_settings()
+    check_settings()
     configure_logging(settings.log_format, settings.log_level)
     host = args.host or settings.host
     port = args.port or settings.port
@@ -119,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the runtime to become healthy (first start compiles kernels)",
     )
     runtime.set_defaults(func=_cmd_runtime)
+
+    from app.batch_cli import add_batch_parser
+
+    add_batch_parser(sub)
     return parser
 
 

@@ -16,24 +16,16 @@ from pydantic import (
     AnyHttpUrl,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
-from app.errors import ConfigError
+from app.settings_base import CascadeSettings, split_csv
 
 
-class Settings(BaseSettings):
+class Settings(CascadeSettings):
     """cascade's settings. Field `x` is read from env `CASCADE_X`."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="CASCADE_",
-        env_file=None,
-        extra="ignore",
-        frozen=True,
-    )
 
     # --- the runtime (SGLang) ---
     runtime_url: AnyHttpUrl = Field(
@@ -120,9 +112,7 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return split_csv(value)
 
     @field_validator("redis_url")
     @classmethod
@@ -165,13 +155,4 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Read and validate settings; raise `ConfigError` naming every bad variable."""
-    try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(part) for part in err["loc"]) or "settings"
-            var = f"CASCADE_{loc.upper()}" if loc != "settings" else "settings"
-            # err["msg"] describes the rule, never the (possibly secret) value.
-            problems.append(f"{var}: {err['msg']}")
-        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    return Settings.load(**overrides)

@@ -43,9 +43,17 @@ class Services:
                 log.warning("service_close_failed", exc_type=type(exc).__name__)
 
 
+def check_settings() -> None:
+    """Validate every settings class now (at start), so a bad variable stops the process with
+    a message naming it instead of failing on first use."""
+    SessionSettings.load()
+    MediaSettings.load()
+    load_tool_settings()
+
+
 async def open_services(redis: aioredis.Redis | None, settings: Settings) -> Services:
-    session_settings = SessionSettings()
-    media_settings = MediaSettings()
+    session_settings = SessionSettings.load()
+    media_settings = MediaSettings.load()
     tool_settings = load_tool_settings()
     registry = build_registry(tool_settings, media_settings=media_settings)
     files = (

@@ -1,9 +1,12 @@
 """`cascade worker`: the worker process.
 
-Today a worker registers itself in Redis (a heartbeat key with a TTL, so `cascade up` and the
-operator can see it) and drains on SIGTERM; job consumption is added by the batch queue.
+A worker registers itself in Redis (a heartbeat key with a TTL, so `cascade up`, the batch
+coordinator and the operator can see it) and consumes batch items (`workers.consumer`).
 Contract: the heartbeat key `cascade:workers:<name>` exists while the worker runs and expires
-within `HEARTBEAT_TTL` seconds of it dying; a graceful stop deletes it at once.
+within `HEARTBEAT_TTL` seconds of it dying; a graceful stop (SIGTERM/SIGINT) drains in-flight
+items within `CASCADE_BATCH_DRAIN_GRACE` seconds, then deletes the key at once.
+Workers need Redis and the runtime; images given as uploaded file ids or server paths also
+need the API's `CASCADE_STATE_DIR` (and `CASCADE_LOCAL_IMAGE_DIRS`) on the same filesystem.
 """
 
 from __future__ import annotations
@@ -18,41 +21,115 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from app.batches.config import BatchSettings, load_batch_settings
+from app.batches.keys import GROUP, BatchKeys
 from app.config import Settings
+from app.runtime import build_runtime
+from app.runtime.client import SGLangClient
+from app.services import open_services
+from workers.consumer import BatchWorker
+from workers.tuning import batch_priority, inflight_target, runtime_server_info
 
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_INTERVAL = 5.0
 HEARTBEAT_TTL = 15
+RUNTIME_REFRESH = 60.0
+CONSUMER_IDLE_FORGET_MS = 3_600_000
 
 
 def default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-async def run_worker(settings: Settings, *, name: str | None = None) -> int:
+async def _heartbeat(
+    client: aioredis.Redis, key: str, stop: asyncio.Event, worker: BatchWorker
+) -> None:
+    while not stop.is_set():
+        try:
+            await client.set(key, "alive", ex=HEARTBEAT_TTL)
+            await _forget_idle_consumers(client, worker)
+        except RedisError as exc:
+            log.warning("worker_redis_unavailable", worker=worker.name, exc_type=type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), HEARTBEAT_INTERVAL)
+
+
+async def _forget_idle_consumers(client: aioredis.Redis, worker: BatchWorker) -> None:
+    """Drop consumers of dead workers that hold nothing (names are per process)."""
+    try:
+        consumers = await client.xinfo_consumers(worker.stream, GROUP)
+    except RedisError:
+        return
+    for consumer in consumers:
+        name = consumer.get("name")
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        if (
+            name != worker.name
+            and int(consumer.get("pending", 0)) == 0
+            and int(consumer.get("idle", 0)) > CONSUMER_IDLE_FORGET_MS
+        ):
+            await client.xgroup_delconsumer(worker.stream, GROUP, name)
+
+
+async def _track_runtime(worker: BatchWorker, config: BatchSettings, client: SGLangClient) -> None:
+    """Keep the batch priority and the in-flight target in line with the runtime's settings."""
+    while True:
+        info = await runtime_server_info(client)
+        if info is not None:
+            priority = batch_priority(config, info)
+            inflight = inflight_target(config, info)
+            if (priority, inflight) != (worker.priority, worker.inflight):
+                log.info("batch_tuning", worker=worker.name, priority=priority, inflight=inflight)
+                worker.priority, worker.inflight = priority, inflight
+        await asyncio.sleep(RUNTIME_REFRESH if info is not None else 5.0)
+
+
+async def run_worker(
+    settings: Settings, *, name: str | None = None, config: BatchSettings | None = None
+) -> int:
     if not settings.redis_url:
         log.error("worker_needs_redis", detail="set CASCADE_REDIS_URL (or use `cascade up`)")
         return 2
+    config = config or load_batch_settings()
     name = name or default_name()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    client = aioredis.Redis.from_url(settings.redis_url)
-    key = f"cascade:workers:{name}"
-    log.info("worker_started", worker=name)
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
+    services = await open_services(client, settings)
+    runtime_client, runtime = build_runtime(settings)
+    worker = BatchWorker(
+        client,
+        name=name,
+        settings=settings,
+        config=config,
+        runtime=runtime,
+        media=services.media,
+        registry=services.registry,
+        priority=config.batch_priority,
+        inflight=inflight_target(config, None),
+    )
+    key = BatchKeys(config.key_prefix).worker(name)
+    with contextlib.suppress(RedisError):
+        await client.set(key, "alive", ex=HEARTBEAT_TTL)
+    log.info("worker_started", worker=name, inflight=worker.inflight)
+    background = [
+        asyncio.create_task(_heartbeat(client, key, stop, worker)),
+        asyncio.create_task(_track_runtime(worker, config, runtime_client)),
+    ]
     try:
-        while not stop.is_set():
-            try:
-                await client.set(key, "alive", ex=HEARTBEAT_TTL)
-            except RedisError as exc:
-                log.warning("worker_redis_unavailable", worker=name, exc_type=type(exc).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), HEARTBEAT_INTERVAL)
+        await worker.run(stop)
     finally:
+        stop.set()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         with contextlib.suppress(RedisError):
             await client.delete(key)
+        await services.aclose()
+        await runtime_client.aclose()
         await client.aclose()
-        log.info("worker_stopped", worker=name)
+        log.info("worker_stopped", worker=name, processed=worker.processed)
     return 0

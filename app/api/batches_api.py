@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from PIL import Image
+from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from app.api.auth import authenticate
@@ -37,8 +38,12 @@ from app.batches.jobs import (
 )
 from app.batches.models import CreateBatchRequest
 from app.batches.store import BatchStore
-from app.config import Settings
-from app.errors import CascadeError, InvalidRequestError, NotFoundError
+from app.errors import (
+    CascadeError,
+    InvalidRequestError,
+    NotFoundError,
+    RuntimeUnavailableError,
+)
 from app.media.config import MediaSettings
 from app.media.files import FileStore
 from app.media.store import ImageRef
@@ -91,7 +96,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await task
 
 
-router = APIRouter(lifespan=_lifespan)
+async def _redis_errors(request: Request) -> AsyncIterator[None]:
+    """A Redis outage is a 503 with Retry-After (clients poll again), not a 500."""
+    try:
+        yield
+    except RedisError as exc:
+        log.warning("batch_store_unavailable", exc_type=type(exc).__name__, path=request.url.path)
+        raise RuntimeUnavailableError(
+            "batch storage (Redis) is not reachable; retry shortly",
+            retry_after=2,
+            code="storage_unavailable",
+        ) from None
+
+
+router = APIRouter(lifespan=_lifespan, dependencies=[Depends(_redis_errors)])
 Owner = Annotated[str, Depends(authenticate)]
 
 
@@ -174,18 +192,11 @@ async def create_image_questions_job(
     """Expand a job into a batch input file (streamed) and create the batch over it."""
     store = _store(request)
     config = _batch_settings(request.app)
-    settings: Settings = request.app.state.settings
     media: MediaSettings = getattr(request.app.state, "media_settings", None) or MediaSettings()
     if len(job.questions) > config.job_max_questions:
         raise InvalidRequestError(
             f"a job may ask at most {config.job_max_questions} questions", param="questions"
         )
-    create = CreateBatchRequest(
-        input_file_id="pending",
-        endpoint="/v1/chat/completions",
-        completion_window=job.completion_window,
-        metadata=job.metadata,
-    )
     template = None
     if job.template is not None:
         template = load_template(prompt_environment(config.templates_dir), job.template)
@@ -197,7 +208,12 @@ async def create_image_questions_job(
         purpose="batch",
         content=job_lines(job, images, template),
     )
-    create = create.model_copy(update={"input_file_id": input_file.id})
+    create = CreateBatchRequest(
+        input_file_id=input_file.id,
+        endpoint="/v1/chat/completions",
+        completion_window=job.completion_window,
+        metadata=job.metadata,
+    )
     batch = await store.create(
         owner, create, job=job.summary(len(images)), model=job.model or await _model(request)
     )
@@ -206,7 +222,6 @@ async def create_image_questions_job(
         batch_id=batch.id,
         images=len(images),
         questions=len(job.questions),
-        system_prompt=settings.system_prompt is not None,
     )
     return JSONResponse(batch.to_openai())
 

@@ -32,11 +32,20 @@ class BatchSettings(BaseSettings):
     )
 
     # --- workers ---
-    batch_inflight: int = Field(
-        default=32,
+    batch_inflight: int | None = Field(
+        default=None,
         ge=1,
         le=1024,
-        description="Batch items one worker keeps in flight (enough to keep the runtime busy).",
+        description=(
+            "Batch items one worker keeps in flight. Unset: the runtime's running slots "
+            "(from /server_info) times CASCADE_BATCH_INFLIGHT_FACTOR, or 32."
+        ),
+    )
+    batch_inflight_factor: float = Field(
+        default=1.25,
+        ge=1.0,
+        le=8.0,
+        description="In-flight items per runtime slot when the in-flight limit is derived.",
     )
     batch_max_attempts: int = Field(
         default=3, ge=1, le=20, description="Tries of a failing item before it is dead-lettered."

@@ -38,6 +38,11 @@ class LineReader:
         self._eof = False
         self._positioned = False
 
+    @property
+    def exhausted(self) -> bool:
+        """True once the end of the file was reached and every line was returned."""
+        return self._eof and not self._buffer
+
     async def _fill(self) -> bool:
         if self._eof:
             return False

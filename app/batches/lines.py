@@ -44,7 +44,11 @@ def failed_line(custom_id: str, error: CascadeError, *, request_id: str) -> dict
     return {
         "id": request_line_id(),
         "custom_id": custom_id,
-        "response": {"status_code": error.status, "request_id": request_id, "body": error.to_body()},
+        "response": {
+            "status_code": error.status,
+            "request_id": request_id,
+            "body": error.to_body(),
+        },
         "error": None,
     }
 

@@ -135,6 +135,9 @@ class BatchObject(BaseModel):
     # feeding state (not part of the OpenAI object)
     fed: int = 0
     done: int = 0
+    fed_bytes: int = 0
+    done_bytes: int = 0
+    feed_complete: bool = False
     valid: int = 0
     feed_offset: int = 0
     feed_line: int = 0
@@ -234,7 +237,7 @@ def batch_from_hash(raw: dict[Any, Any]) -> BatchObject | None:
     return BatchObject(
         id=text["id"],
         owner=text["owner"],
-        status=text["status"],  # type: ignore[arg-type]
+        status=text["status"],
         endpoint=text["endpoint"],
         input_file_id=text["input_file_id"],
         completion_window=text["completion_window"],
@@ -251,6 +254,9 @@ def batch_from_hash(raw: dict[Any, Any]) -> BatchObject | None:
         model=text.get("model") or None,
         fed=num("fed"),
         done=num("done"),
+        fed_bytes=num("fed_bytes"),
+        done_bytes=num("done_bytes"),
+        feed_complete=text.get("feed_complete") == "1",
         valid=num("valid"),
         feed_offset=num("feed_offset"),
         feed_line=num("feed_line"),

@@ -51,7 +51,9 @@ def _bad(line: Line, code: str, message: str, param: str | None, cid: str | None
     return InvalidLine(
         line.number,
         cid,
-        LineError(code=code, message=f"line {line.number}: {message}", param=param, line=line.number),
+        LineError(
+            code=code, message=f"line {line.number}: {message}", param=param, line=line.number
+        ),
     )
 
 
@@ -96,7 +98,11 @@ def check_line(
     url = data.get("url", endpoint)
     if url != endpoint:
         return _bad(
-            line, "mismatched_endpoint", f"url must be {endpoint} (the batch's endpoint)", "url", cid
+            line,
+            "mismatched_endpoint",
+            f"url must be {endpoint} (the batch's endpoint)",
+            "url",
+            cid,
         )
     body = data.get("body")
     if not isinstance(body, dict):

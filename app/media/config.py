@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
 from app.media.ssrf import HostRules
+from app.settings_base import CascadeSettings, split_csv
 
 MB = 1024 * 1024
 
@@ -21,21 +22,8 @@ MB = 1024 * 1024
 IMAGE_FACTOR = 32
 
 
-def _split(value: object) -> object:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-class MediaSettings(BaseSettings):
+class MediaSettings(CascadeSettings):
     """Field `x` is read from env `CASCADE_X`."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="CASCADE_",
-        env_file=None,
-        extra="ignore",
-        frozen=True,
-    )
 
     key_prefix: str = Field(
         default="cascade", min_length=1, description="Namespace of every Redis key written."
@@ -106,7 +94,7 @@ class MediaSettings(BaseSettings):
     @field_validator("fetch_allow_hosts", "fetch_deny_hosts", "local_image_dirs", mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:
-        return _split(value)
+        return split_csv(value)
 
     @field_validator("fetch_allow_hosts", "fetch_deny_hosts")
     @classmethod

@@ -6,21 +6,13 @@ variable names share the `CASCADE_` prefix so one environment configures both.
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
 
-from app.errors import ConfigError
+from app.settings_base import CascadeSettings
 
 
-class SessionSettings(BaseSettings):
+class SessionSettings(CascadeSettings):
     """Field `x` is read from env `CASCADE_X`."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="CASCADE_",
-        env_file=None,
-        extra="ignore",
-        frozen=True,
-    )
 
     session_ttl_days: int = Field(
         default=30, ge=1, description="Days a session lives after it was last read or written."
@@ -66,11 +58,4 @@ class SessionSettings(BaseSettings):
 
 def load_session_settings(**overrides: object) -> SessionSettings:
     """Read and validate the settings; `ConfigError` names every bad variable (not its value)."""
-    try:
-        return SessionSettings.model_validate(overrides)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(part) for part in err["loc"]) or "settings"
-            problems.append(f"CASCADE_{loc.upper()}: {err['msg']}")
-        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    return SessionSettings.load(**overrides)

@@ -57,3 +57,21 @@ def test_secrets_are_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     text = repr(settings) + str(settings.model_dump())
     assert "topsecretkey" not in text
     assert "runtimesecret" not in text
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CASCADE_SESSION_TTL_DAYS", "-1"),
+        ("CASCADE_IMAGE_MAX_PIXELS", "lots"),
+        ("CASCADE_TOOL_TIMEOUT", "0"),
+    ],
+)
+def test_serve_refuses_any_bad_setting_with_its_name(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str
+) -> None:
+    from app.cli import main
+
+    monkeypatch.setenv(variable, value)
+    assert main(["serve"]) == 2
+    assert variable in capsys.readouterr().err

@@ -1,0 +1,498 @@
+"""The batch consumer: takes items from the Redis stream and runs each through the agent.
+
+Delivery is at least once, results exactly once (see `app.batches.store`):
+- items come from the consumer group (`XREADGROUP`); up to the in-flight target
+  (`workers.tuning`) run at a time;
+- the worker refreshes the idle time of the entries it is working on, so only entries of a
+  worker that stopped refreshing (it died or hung) are taken over by others (`XAUTOCLAIM`
+  after `batch_claim_idle` seconds);
+- an item that fails in a way a retry may fix (runtime 5xx, timeouts, an image URL that could
+  not be fetched) is parked with exponential backoff and jitter and tried again, up to
+  `batch_max_attempts`; then its failure is its result (the error file). An item started more
+  often than tries plus `batch_max_redeliveries` (it keeps killing workers) is dead-lettered;
+- a request the runtime or cascade refuses (4xx) fails at once;
+- when the runtime is unreachable (`RuntimeUnavailableError`) nothing fails: the item waits,
+  the worker stops taking new items, checks the runtime's health, and resumes when it is back;
+- Redis errors are retried with backoff; a result is never dropped while the worker lives;
+- `stop` (SIGTERM): no new items; in-flight ones get `batch_drain_grace` seconds to finish,
+  the rest are put back on the queue at once for other workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError, ResponseError
+
+from app.agent.loop import AgentRun
+from app.agent.requests import normalise_messages, parse_chat_request, run_config
+from app.agent.responses import completion_body, completion_id
+from app.batches.config import BatchSettings
+from app.batches.keys import GROUP
+from app.batches.lines import ResultRecord, failed_line, output_line
+from app.batches.store import BatchStore, QueueItem
+from app.config import Settings
+from app.errors import (
+    CascadeError,
+    InternalError,
+    InvalidRequestError,
+    RuntimeUnavailableError,
+)
+from app.media.errors import FetchError, URLNotAllowedError
+from app.media.intake import ImageBudget
+from app.runtime.guard import Runtime
+from app.sessions.models import SessionOptions
+from tools.registry import ToolRegistry
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# Statuses that mean "this request cannot work as sent": retrying will not help.
+_PERMANENT = frozenset({400, 401, 403, 404, 409, 413, 422})
+
+
+class _Retryable(Exception):
+    """An item failed in a way another try may fix."""
+
+    def __init__(self, error: CascadeError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def is_permanent(error: CascadeError) -> bool:
+    """Whether an item failure is final (a retry cannot help)."""
+    if isinstance(error, FetchError) and not isinstance(error, URLNotAllowedError):
+        # Unreachable or slow image hosts come back; a fetch that is too large does not.
+        return error.code == "fetch_too_large"
+    return error.status in _PERMANENT
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Seconds before try `attempt + 1`: exponential in the attempt, with ±50 % jitter."""
+    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    return random.uniform(0.5 * delay, 1.5 * delay)
+
+
+def usage_counts(body: dict[str, Any]) -> dict[str, int]:
+    usage = body.get("usage") or {}
+    return {
+        "input_tokens": int(usage.get("prompt_tokens") or 0),
+        "output_tokens": int(usage.get("completion_tokens") or 0),
+        "reasoning_tokens": int(usage.get("reasoning_tokens") or 0),
+        "cached_tokens": int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
+    }
+
+
+class SharedImages:
+    """Single flight over the media intake: concurrent items naming the same image (the same
+    photo asked several questions) wait for one fetch and decode instead of racing to do it
+    each. Later items find the intake's own aliases (by URL and by content hash)."""
+
+    def __init__(self, media: Any) -> None:
+        self.media = media
+        self.flights: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+
+    async def ingest(
+        self, parts: list[dict[str, Any]], *, owner: str, budget: ImageBudget
+    ) -> list[dict[str, Any]]:
+        """`parts` with images replaced by `image_ref` parts; `budget` is the item's limits."""
+        out: list[dict[str, Any]] = []
+        for index, part in enumerate(parts):
+            if part.get("type") not in ("image_url", "input_image"):
+                out.append(part)
+                continue
+            key = (
+                owner,
+                hashlib.sha256(orjson.dumps(part, option=orjson.OPT_SORT_KEYS)).hexdigest(),
+            )
+            flight = self.flights.get(key)
+            if flight is not None:
+                out.append(dict(await asyncio.shield(flight)))
+                continue
+            flight = asyncio.get_running_loop().create_future()
+            flight.add_done_callback(_retrieve)
+            self.flights[key] = flight
+            try:
+                [ref] = await self.media.ingest_message_parts([part], owner=owner, budget=budget)
+            except BaseException as exc:
+                if isinstance(exc, CascadeError) and exc.param == "content[0]":
+                    exc.param = f"content[{index}]"
+                flight.set_exception(exc)
+                raise
+            else:
+                flight.set_result(ref)
+            finally:
+                self.flights.pop(key, None)
+            out.append(ref)
+        return out
+
+
+def _retrieve(future: asyncio.Future[dict[str, Any]]) -> None:
+    # A failed flight nobody else waited for must not be reported as "never retrieved".
+    if not future.cancelled():
+        future.exception()
+
+
+class BatchWorker:
+    """One worker process's consumer loop (`run(stop)`)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        name: str,
+        settings: Settings,
+        config: BatchSettings,
+        runtime: Runtime,
+        media: Any | None,
+        registry: ToolRegistry | None,
+        priority: int | None = None,
+        inflight: int | None = None,
+    ) -> None:
+        self.redis = redis
+        self.name = name
+        self.settings = settings
+        self.config = config
+        self.runtime = runtime
+        self.media = media
+        self.images = SharedImages(media) if media is not None else None
+        self.registry = registry
+        self.priority = priority
+        # Items kept in flight; `workers.tuning` may raise it once the runtime's slots are known.
+        self.inflight = inflight or config.batch_inflight or 32
+        self.store = BatchStore(redis, prefix=config.key_prefix)
+        self.stream = self.store.keys.stream()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.items: dict[str, QueueItem] = {}
+        self.runtime_ok = asyncio.Event()
+        self.runtime_ok.set()
+        self._probe: asyncio.Task[None] | None = None
+        self._claim_cursor = "0-0"
+        self.processed = 0  # results written by this worker (for tests and logs)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then drain (see the module docstring)."""
+        next_move = next_refresh = next_claim = 0.0
+        failures = 0
+        refresh_every = self.config.batch_claim_idle / 3
+        claim_every = max(0.2, self.config.batch_claim_idle / 4)
+        move_every = min(0.5, self.config.batch_retry_base / 4)
+        group_ready = False
+        while not stop.is_set():
+            try:
+                if not group_ready:
+                    await self.ensure_group()
+                    group_ready = True
+                now = time.monotonic()
+                if now >= next_move:
+                    await self.store.move_due()
+                    next_move = now + move_every
+                if now >= next_refresh:
+                    await self._refresh()
+                    next_refresh = now + refresh_every
+                free = self.inflight - len(self.tasks)
+                if free <= 0 or not self.runtime_ok.is_set():
+                    await self._wait_for_room(stop, 0.25)
+                    continue
+                if now >= next_claim:
+                    for item in await self._reclaim(free):
+                        self._spawn(item)
+                    next_claim = now + claim_every
+                    free = self.inflight - len(self.tasks)
+                if free > 0:
+                    for item in await self._read(free):
+                        self._spawn(item)
+                failures = 0
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    group_ready = False  # Redis lost the group (restarted without AOF)
+                    continue
+                failures += 1
+                await self._pause_after_error(stop, exc, failures)
+            except (RedisError, OSError) as exc:
+                failures += 1
+                await self._pause_after_error(stop, exc, failures)
+        await self._drain()
+
+    async def _pause_after_error(self, stop: asyncio.Event, exc: Exception, failures: int) -> None:
+        if failures in (1, 10) or failures % 100 == 0:
+            log.warning("worker_redis_error", worker=self.name, exc_type=type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), min(2.0, 0.05 * 2 ** min(failures, 6)))
+
+    async def _wait_for_room(self, stop: asyncio.Event, seconds: float) -> None:
+        waiters: list[asyncio.Future[Any]] = list(self.tasks.values())
+        stopper = asyncio.ensure_future(stop.wait())
+        waiters.append(stopper)
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+
+    async def _read(self, count: int) -> list[QueueItem]:
+        response: Any = await self.redis.xreadgroup(
+            GROUP,
+            self.name,
+            {self.stream: ">"},
+            count=count,
+            block=self.config.batch_block_ms,
+        )
+        items: list[QueueItem] = []
+        for _stream, entries in response or []:
+            for msg_id, fields in entries:
+                items.append(QueueItem.from_entry(msg_id, fields))
+        return items
+
+    async def _reclaim(self, count: int) -> list[QueueItem]:
+        """Entries of workers that went silent for `batch_claim_idle` seconds."""
+        idle_ms = int(self.config.batch_claim_idle * 1000)
+        result: Any = await self.redis.xautoclaim(
+            self.stream, GROUP, self.name, idle_ms, start_id=self._claim_cursor, count=count
+        )
+        cursor, entries = result[0], result[1]
+        self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+        items = []
+        for msg_id, fields in entries:
+            if not fields:
+                continue  # deleted meanwhile
+            item = QueueItem.from_entry(msg_id, fields)
+            if item.msg_id in self.tasks:
+                continue  # ours already (we were slow to refresh)
+            log.info(
+                "batch_item_reclaimed",
+                worker=self.name,
+                batch_id=item.batch_id,
+                custom_id=item.custom_id,
+            )
+            items.append(item)
+        return items
+
+    async def _refresh(self) -> None:
+        """Reset the idle time of the entries we are working on (we are alive)."""
+        ids: list[Any] = list(self.items)
+        for start in range(0, len(ids), 256):
+            await self.redis.xclaim(
+                self.stream, GROUP, self.name, 0, ids[start : start + 256], justid=True
+            )
+
+    def _spawn(self, item: QueueItem) -> None:
+        self.items[item.msg_id] = item
+        task = asyncio.create_task(self._process(item), name=f"item-{item.custom_id}")
+        self.tasks[item.msg_id] = task
+
+        def done(_: asyncio.Task[None], msg_id: str = item.msg_id) -> None:
+            self.tasks.pop(msg_id, None)
+            self.items.pop(msg_id, None)
+
+        task.add_done_callback(done)
+
+    async def _drain(self) -> None:
+        if self.tasks:
+            log.info("worker_draining", worker=self.name, in_flight=len(self.tasks))
+            _, pending = await asyncio.wait(
+                list(self.tasks.values()), timeout=self.config.batch_drain_grace
+            )
+            if pending:
+                items = [self.items[m] for m in list(self.items) if self.tasks.get(m) in pending]
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                for item in items:
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.store.release(item, worker=self.name, requeue=True)
+                log.info("worker_released_items", worker=self.name, count=len(items))
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+
+    # ------------------------------------------------------------------ one item
+
+    async def _redis(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a Redis operation until it succeeds (the caller's task may be cancelled)."""
+        delay = 0.05
+        while True:
+            try:
+                return await op()
+            except (RedisError, OSError) as exc:
+                log.warning("worker_redis_retry", worker=self.name, exc_type=type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    async def _process(self, item: QueueItem) -> None:
+        try:
+            await self._process_item(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never expected: the entry stays pending and is reclaimed later
+            log.exception("batch_item_abandoned", worker=self.name, custom_id=item.custom_id)
+
+    async def _process_item(self, item: QueueItem) -> None:
+        log_ = log.bind(worker=self.name, batch_id=item.batch_id, custom_id=item.custom_id)
+        outcome, starts = await self._redis(lambda: self.store.start_item(item, self.name))
+        if outcome != "run":
+            await self._redis(lambda: self.store.release(item, worker=self.name, requeue=False))
+            return
+        limit = self.config.batch_max_attempts + self.config.batch_max_redeliveries
+        if starts > limit:
+            log_.warning("batch_item_dead_lettered", starts=starts)
+            error = InternalError(
+                f"the request was started {starts} times without finishing (it may crash "
+                "the worker or the runtime)",
+                code="batch_item_poison",
+            )
+            record = ResultRecord("error", failed_line(item.custom_id, error, request_id=_rid()))
+            await self._finish(item, record, None)
+            return
+        try:
+            body = await self._execute(item)
+        except _Retryable as retry:
+            if item.attempt >= self.config.batch_max_attempts:
+                log_.info("batch_item_failed", attempts=item.attempt, code=retry.error.code)
+                record = ResultRecord(
+                    "error", failed_line(item.custom_id, retry.error, request_id=_rid())
+                )
+                await self._finish(item, record, None)
+                return
+            delay = backoff_delay(
+                item.attempt, self.config.batch_retry_base, self.config.batch_retry_max
+            )
+            log_.info("batch_item_retry", attempt=item.attempt, delay=round(delay, 3))
+            await self._redis(
+                lambda: self.store.retry_later(item, due=time.time() + delay, worker=self.name)
+            )
+            return
+        except CascadeError as exc:
+            log_.info("batch_item_refused", code=exc.code)
+            record = ResultRecord("error", failed_line(item.custom_id, exc, request_id=_rid()))
+            await self._finish(item, record, None)
+            return
+        record = ResultRecord("output", output_line(item.custom_id, body, request_id=_rid()))
+        await self._finish(item, record, usage_counts(body))
+
+    async def _finish(
+        self, item: QueueItem, record: ResultRecord, usage: dict[str, int] | None
+    ) -> None:
+        outcome = await self._redis(
+            lambda: self.store.finish_item(item, record, worker=self.name, usage=usage)
+        )
+        if outcome == "written":
+            self.processed += 1
+
+    async def _execute(self, item: QueueItem) -> dict[str, Any]:
+        """The item's chat.completion body; waits out runtime outages (never fails on them)."""
+        while True:
+            await self.runtime_ok.wait()
+            try:
+                return await self._run_once(item)
+            except RuntimeUnavailableError as exc:
+                self._runtime_down(exc)
+            except httpx.TransportError as exc:
+                # A connection that broke mid-response: the runtime went away under us.
+                self._runtime_down(
+                    RuntimeUnavailableError(
+                        f"the runtime connection failed ({type(exc).__name__})", retry_after=1
+                    )
+                )
+            except CascadeError as exc:
+                if is_permanent(exc):
+                    raise
+                raise _Retryable(exc) from None
+            except Exception as exc:  # a bug or an unexpected library error: retry, log it
+                log.exception("batch_item_crashed", custom_id=item.custom_id)
+                raise _Retryable(
+                    InternalError("cascade failed while running this request")
+                ) from exc
+
+    async def _run_once(self, item: QueueItem) -> dict[str, Any]:
+        try:
+            data = orjson.loads(item.body)
+        except orjson.JSONDecodeError:
+            raise InvalidRequestError("the queued request body is not JSON") from None
+        req = parse_chat_request(data)
+        config, policy = run_config(req, self.settings, SessionOptions(), self.registry)
+        config.priority = self.priority
+        messages = normalise_messages(req.messages)
+        images: list[dict[str, Any]] = []
+        budget = ImageBudget.from_settings(self.media.settings) if self.media is not None else None
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, list) and any(
+                isinstance(p, dict) and p.get("type") in ("image_url", "input_image")
+                for p in content
+            ):
+                if self.images is None or budget is None:
+                    raise InvalidRequestError("images are not enabled on this server")
+                message["content"] = await self.images.ingest(
+                    content, owner=item.owner, budget=budget
+                )
+                images.extend(
+                    {k: p[k] for k in ("sha256", "width", "height")}
+                    for p in message["content"]
+                    if p.get("type") == "image_ref"
+                )
+        if self.settings.system_prompt and messages and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": self.settings.system_prompt})
+        run = AgentRun(
+            runtime=self.runtime,
+            registry=self.registry,
+            media=self.media,
+            history=[],
+            new_messages=messages,
+            config=config,
+            policy=policy,
+            owner=item.owner,
+            session_id=None,
+            redis=self.redis,
+            stream=False,
+        )
+        result = await run.run()
+        model = req.model or await self.runtime.model_name()
+        body = completion_body(result, cid=completion_id(), model=model, session_id=None)
+        if images:
+            body["cascade"]["images"] = images
+        return body
+
+    # ------------------------------------------------------------------ runtime outages
+
+    def _runtime_down(self, exc: RuntimeUnavailableError) -> None:
+        if self.runtime_ok.is_set():
+            log.warning("worker_runtime_unavailable", worker=self.name, code=exc.code)
+            self.runtime_ok.clear()
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._wait_for_runtime(exc.retry_after))
+
+    async def _wait_for_runtime(self, retry_after: float) -> None:
+        await asyncio.sleep(min(retry_after, self.config.runtime_wait_interval))
+        while True:
+            health = await self.runtime.health()
+            if health.reachable:
+                log.info("worker_runtime_back", worker=self.name)
+                self.runtime_ok.set()
+                return
+            await asyncio.sleep(self.config.runtime_wait_interval)
+
+
+def _rid() -> str:
+    return "req_" + secrets.token_hex(12)
