@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 import structlog
 
+from app.batches.config import BatchSettings
 from app.config import Settings
 from app.media.config import MediaSettings
 from app.media.files import FileStore
@@ -49,6 +50,7 @@ def check_settings() -> None:
     SessionSettings.load()
     MediaSettings.load()
     load_tool_settings()
+    BatchSettings.load()
 
 
 async def open_services(redis: aioredis.Redis | None, settings: Settings) -> Services:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import httpx
-import orjson
 import structlog
 
 from app.batches.config import BatchSettings
@@ -90,14 +88,4 @@ def inflight_target(config: BatchSettings, server_info: dict[str, Any] | None) -
 
 async def runtime_server_info(client: SGLangClient) -> dict[str, Any] | None:
     """The runtime's `/server_info`, or None when it cannot be read now."""
-    try:
-        response = await client._http.get("/server_info", timeout=5.0)
-    except httpx.HTTPError:
-        return None
-    if response.status_code != 200:
-        return None
-    try:
-        data = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
+    return await client.server_info()

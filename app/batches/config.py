@@ -8,24 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, model_validator
 
-from app.errors import ConfigError
+from app.settings_base import CascadeSettings
 
 MB = 1024 * 1024
 REPO_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
 
-class BatchSettings(BaseSettings):
+class BatchSettings(CascadeSettings):
     """Field `x` is read from env `CASCADE_X`."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="CASCADE_",
-        env_file=None,
-        extra="ignore",
-        frozen=True,
-    )
 
     key_prefix: str = Field(
         default="cascade", min_length=1, description="Namespace of every Redis key written."
@@ -129,12 +121,4 @@ class BatchSettings(BaseSettings):
 
 def load_batch_settings(**overrides: object) -> BatchSettings:
     """Read and validate; `ConfigError` naming every bad variable (never its value)."""
-    try:
-        return BatchSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(part) for part in err["loc"]) or "settings"
-            var = f"CASCADE_{loc.upper()}" if loc != "settings" else "settings"
-            problems.append(f"{var}: {err['msg']}")
-        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    return BatchSettings.load(**overrides)

@@ -187,7 +187,8 @@ class SGLangClient:
                 await response.aread()
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise _Retryable(self._unavailable("is not reachable")) from exc
-        except httpx.RemoteProtocolError as exc:
+        except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:
+            # Nothing was handed on yet: a connection that broke is worth another attempt.
             raise _Retryable(self._unavailable("closed the connection")) from exc
         except httpx.TimeoutException as exc:
             raise UpstreamTimeoutError("the runtime did not answer in time") from exc
@@ -413,6 +414,20 @@ class SGLangClient:
             has_image_understanding=data.get("has_image_understanding"),
             detail="ok" if healthy else "reachable; /health not yet 200 (warming up?)",
         )
+
+    async def server_info(self) -> dict[str, Any] | None:
+        """The runtime's `/server_info` (its launch settings), or None when unreadable now."""
+        try:
+            response = await self._http.get("/server_info", timeout=5.0)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            return None
+        return data if isinstance(data, dict) else None
 
     async def list_models(self) -> dict[str, Any]:
         """The runtime's `/v1/models` body."""

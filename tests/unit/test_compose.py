@@ -54,7 +54,10 @@ def test_healthchecks_volumes_and_gpu(compose: dict[str, Any]) -> None:
     assert redis_cmd[redis_cmd.index("--appendfsync") + 1] == "everysec"
     assert any(v.startswith("redis-data:") for v in services["redis"]["volumes"])
     assert any(v.startswith("hf-cache:") for v in services["sglang"]["volumes"])
-    assert set(compose["volumes"]) == {"hf-cache", "redis-data"}
+    assert set(compose["volumes"]) == {"hf-cache", "redis-data", "cascade-state"}
+    for name in ("api", "worker"):  # uploaded files are read by both
+        assert "cascade-state:/state" in services[name]["volumes"]
+        assert services[name]["environment"]["CASCADE_STATE_DIR"] == "/state"
     devices = services["sglang"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     for name in ("api", "worker"):
