@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import ssl
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -18,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import Any
 
 from PIL import Image
 
@@ -43,6 +45,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     owner: MediaServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that give up (size caps, slow bodies, refused redirects) reset connections.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
