@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from app.batches.config import BatchSettings, load_batch_settings
 from app.batches.keys import GROUP, BatchKeys
 from app.config import Settings
+from app.redis_client import redis_client
 from app.runtime import build_runtime
 from app.runtime.client import SGLangClient
 from app.services import open_services
@@ -97,7 +98,7 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
+    client = redis_client(settings.redis_url)
     services = await open_services(client, settings)
     runtime_client, runtime = build_runtime(settings)
     worker = BatchWorker(

@@ -26,6 +26,7 @@ from app.api.sessions_api import router as sessions_router
 from app.api.tools_api import router as tools_router
 from app.config import Settings
 from app.media.files_api import router as files_router
+from app.redis_client import redis_client
 from app.runtime import SGLangClient
 from app.runtime.guard import GuardedRuntime
 from app.services import open_services
@@ -50,11 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
         client = SGLangClient(settings)
         app.state.runtime_client = client
         app.state.runtime = GuardedRuntime(client, settings)
-        app.state.redis = (
-            aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
-            if settings.redis_url
-            else None
-        )
+        app.state.redis = redis_client(settings.redis_url) if settings.redis_url else None
         services = await open_services(app.state.redis, settings)
         app.state.services = services
         app.state.sessions = services.sessions

@@ -9,10 +9,16 @@ from __future__ import annotations
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.responses import JSONResponse
-from app.errors import CascadeError, InternalError, InvalidRequestError
+from app.errors import (
+    CascadeError,
+    InternalError,
+    InvalidRequestError,
+    RuntimeUnavailableError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +60,17 @@ def install_error_handlers(app: FastAPI) -> None:
         error.status = exc.status_code
         error.type = "invalid_request_error"
         return error_response(error)
+
+    @app.exception_handler(RedisError)
+    async def _storage(_: Request, exc: RedisError) -> JSONResponse:
+        log.warning("redis_unavailable", exc_type=type(exc).__name__)
+        return error_response(
+            RuntimeUnavailableError(
+                "cascade's storage (Redis) is not answering; retry shortly",
+                retry_after=2,
+                code="storage_unavailable",
+            )
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

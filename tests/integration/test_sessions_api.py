@@ -198,3 +198,20 @@ def test_idempotency_key_replays_the_first_result(cascade: Cascade, sim: SimHand
 def test_list_limit_is_validated(cascade: Cascade, limit: int) -> None:
     response = httpx.get(f"{cascade.url}/v1/sessions", params={"limit": limit})
     assert response.status_code == 400
+
+
+def test_redis_down_is_a_503_and_a_redis_restart_needs_no_api_restart(
+    cascade: Cascade, sim: SimHandle, redis_server: RedisServer
+) -> None:
+    sim.sim.add_rule(Rule(output="ok"))
+    session_id = new_session(cascade.url)
+    redis_server.kill()
+    down = turn(cascade.url, session_id, "while redis is down")
+    assert down.status_code == 503
+    assert down.json()["error"]["code"] == "storage_unavailable"
+    assert down.headers["retry-after"]
+    redis_server.start()  # same port and data (AOF)
+    again = turn(cascade.url, session_id, "after the restart")
+    assert again.status_code == 200, again.text
+    messages = httpx.get(f"{cascade.url}/v1/sessions/{session_id}").json()["messages"]
+    assert [m["content"] for m in messages][-2:] == ["after the restart", "ok"]
