@@ -18,13 +18,12 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
-from app.errors import ConfigError
+from app.settings_base import CascadeSettings, split_csv
 from tools.registry import ToolPolicy
 
 _SERVER_NAME_RE = r"^[A-Za-z0-9_-]{1,32}$"
@@ -57,12 +56,6 @@ class McpServerConfig(BaseModel):
         return self
 
 
-def _split(value: object) -> object:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
 def _names_or_all(value: object) -> object:
     """`*`/`true`/`all` → True, ``/`false`/`none` → False, `a,b` → {"a", "b"}."""
     if isinstance(value, str):
@@ -75,12 +68,8 @@ def _names_or_all(value: object) -> object:
     return value
 
 
-class ToolSettings(BaseSettings):
+class ToolSettings(CascadeSettings):
     """Settings of the tool registry, the built-in tools and MCP servers."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="CASCADE_", env_file=None, extra="ignore", frozen=True
-    )
 
     # --- limits and policy ---
     tool_timeout: float = Field(default=15.0, gt=0, le=600, description="Seconds per tool call.")
@@ -143,7 +132,7 @@ class ToolSettings(BaseSettings):
     @field_validator("home_assistant_allow", "home_assistant_read", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
-        return _split(value)
+        return split_csv(value)
 
     @field_validator("home_assistant_allow")
     @classmethod
@@ -195,12 +184,4 @@ def _copy(value: bool | set[str]) -> bool | set[str]:
 
 def load_tool_settings(**overrides: Any) -> ToolSettings:
     """Read and validate tool settings; raise `ConfigError` naming every bad variable."""
-    try:
-        return ToolSettings(**overrides)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_input=False):
-            loc = str(err["loc"][0]) if err["loc"] else "settings"
-            var = f"CASCADE_{loc.upper()}" if loc != "settings" else "settings"
-            problems.append(f"{var}: {err['msg']}")
-        raise ConfigError("invalid tool configuration: " + "; ".join(problems)) from None
+    return ToolSettings.load(**overrides)
