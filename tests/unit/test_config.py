@@ -75,3 +75,17 @@ def test_serve_refuses_any_bad_setting_with_its_name(
     monkeypatch.setenv(variable, value)
     assert main(["serve"]) == 2
     assert variable in capsys.readouterr().err
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    from pathlib import Path
+
+    from app.config import Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [
+        f"CASCADE_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`CASCADE_{name.upper()}" not in readme
+    ]
+    assert missing == []
