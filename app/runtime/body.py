@@ -76,7 +76,8 @@ def build_chat_body(
         "messages": req.messages,
         "rid": rid,
         "stream": stream,
-        "max_tokens": runtime_max_tokens(req, settings),
+        # max_completion_tokens: SGLang 0.5.23 deprecates max_tokens (a warning per request).
+        "max_completion_tokens": runtime_max_tokens(req, settings),
         "temperature": settings.temperature if req.temperature is None else req.temperature,
         "top_p": settings.top_p if req.top_p is None else req.top_p,
         "top_k": settings.top_k if req.top_k is None else req.top_k,

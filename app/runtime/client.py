@@ -213,9 +213,9 @@ class SGLangClient:
         )
         response = await self._send(url, headers, orjson.dumps(payload), stream=stream)
         for _ in range(2):
-            if response.status_code != 400 or "max_tokens" not in payload:
+            if response.status_code != 400 or "max_completion_tokens" not in payload:
                 break
-            room = context_room(response.content, payload["max_tokens"])
+            room = context_room(response.content, payload["max_completion_tokens"])
             if room is None:
                 break
             await response.aclose()
@@ -225,8 +225,8 @@ class SGLangClient:
                     "session (or fork this one earlier) or send shorter input",
                     code="context_length_exceeded",
                 )
-            log.info("max_tokens_fitted", asked=payload["max_tokens"], fitted=room)
-            payload = {**payload, "max_tokens": room}
+            log.info("max_tokens_fitted", asked=payload["max_completion_tokens"], fitted=room)
+            payload = {**payload, "max_completion_tokens": room}
             response = await self._send(url, headers, orjson.dumps(payload), stream=stream)
         try:
             if response.status_code != 200:

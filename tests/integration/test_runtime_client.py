@@ -257,7 +257,7 @@ async def test_max_tokens_is_fitted_to_a_small_context_window(
     assert result.content.strip() == "Fits."
     ok = [r for r in sim.sim.requests if r.status_code == 200]
     assert len(ok) == 1
-    assert ok[0].body["max_tokens"] + ok[0].prompt_tokens <= 600
+    assert ok[0].body["max_completion_tokens"] + ok[0].prompt_tokens <= 600
 
 
 async def test_prompt_longer_than_the_context_is_a_clear_400(sim: SimHandle) -> None:

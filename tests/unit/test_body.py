@@ -42,7 +42,7 @@ def test_thinking_budget_goes_to_custom_params_and_max_tokens_leaves_room(
     assert body["custom_params"] == {"thinking_budget": 1000}
     assert body["chat_template_kwargs"]["enable_thinking"] is True
     # The answer's allowance comes on top of the budget (and its margin): never starved.
-    assert body["max_tokens"] == 1000 + settings.budget_margin + 100
+    assert body["max_completion_tokens"] == 1000 + settings.budget_margin + 100
     assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
 
 
