@@ -231,14 +231,15 @@ async def test_second_turn_waits_for_the_lock_then_gets_409(client: aioredis.Red
 
 
 async def test_lock_renewal_keeps_a_long_turn_locked(client: aioredis.Redis) -> None:
-    store = SessionStore(client, SessionSettings(turn_lock_ttl=0.3, turn_lock_wait=0.0))
+    # A ttl with room for scheduling delays on a loaded CI machine (renewal every ttl/3).
+    store = SessionStore(client, SessionSettings(turn_lock_ttl=1.5, turn_lock_wait=0.0))
     session = await store.create(OWNER)
     key = store.keys.lock(session.id)
     lock = store.turn_lock(session.id)
     async with lock:
-        for _ in range(5):  # 1 s, more than three times the ttl
-            await asyncio.sleep(0.2)
-            assert 0 < await client.pttl(key) <= 300
+        for _ in range(8):  # 4 s, more than twice the ttl
+            await asyncio.sleep(0.5)
+            assert 0 < await client.pttl(key) <= 1500
             with pytest.raises(ConflictError):
                 async with store.turn_lock(session.id):
                     pass
