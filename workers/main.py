@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import socket
+from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 import structlog
@@ -99,6 +100,26 @@ async def run_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     client = redis_client(settings.redis_url)
+    try:
+        async with opened_worker(
+            client, settings, config, name=name, inflight=inflight_target(config, None)
+        ) as (worker, runtime_client):
+            await _serve(client, worker, runtime_client, config, stop)
+    finally:
+        await client.aclose()
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def opened_worker(
+    client: aioredis.Redis,
+    settings: Settings,
+    config: BatchSettings,
+    *,
+    name: str,
+    inflight: int | None = None,
+) -> AsyncIterator[tuple[BatchWorker, SGLangClient]]:
+    """A `BatchWorker` with the services and runtime client it uses, closed on exit."""
     services = await open_services(client, settings)
     runtime_client, runtime = build_runtime(settings)
     worker = BatchWorker(
@@ -110,8 +131,23 @@ async def run_worker(
         media=services.media,
         registry=services.registry,
         priority=config.batch_priority,
-        inflight=inflight_target(config, None),
+        inflight=inflight,
     )
+    try:
+        yield worker, runtime_client
+    finally:
+        await services.aclose()
+        await runtime_client.aclose()
+
+
+async def _serve(
+    client: aioredis.Redis,
+    worker: BatchWorker,
+    runtime_client: SGLangClient,
+    config: BatchSettings,
+    stop: asyncio.Event,
+) -> None:
+    name = worker.name
     key = BatchKeys(config.key_prefix).worker(name)
     with contextlib.suppress(RedisError):
         await client.set(key, "alive", ex=HEARTBEAT_TTL)
@@ -129,8 +165,4 @@ async def run_worker(
         await asyncio.gather(*background, return_exceptions=True)
         with contextlib.suppress(RedisError):
             await client.delete(key)
-        await services.aclose()
-        await runtime_client.aclose()
-        await client.aclose()
         log.info("worker_stopped", worker=name, processed=worker.processed)
-    return 0

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from app.api.auth import authenticate
-from app.api.responses import JSONResponse
+from app.api.responses import JSONResponse, list_page
 from app.batches.config import BatchSettings, load_batch_settings
 from app.batches.coordinator import Coordinator
 from app.batches.jobs import (
@@ -161,15 +161,7 @@ async def list_batches(
 ) -> JSONResponse:
     batches, has_more = await _store(request).list_batches(owner, limit=limit, after=after)
     data = [b.to_openai() for b in batches]
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-    )
+    return JSONResponse(list_page(data, has_more=has_more))
 
 
 @router.get("/v1/batches/{batch_id}")

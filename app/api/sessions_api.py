@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from app.api.auth import authenticate
+from app.api.responses import list_page
 from app.errors import CascadeError
 from app.sessions.models import SessionInfo
 from app.sessions.store import SessionStore
@@ -44,13 +45,7 @@ async def list_sessions(
 ) -> dict[str, Any]:
     sessions, has_more = await _store(request).list(owner, limit=limit, after=after)
     data = [_public(s) for s in sessions]
-    return {
-        "object": "list",
-        "data": data,
-        "has_more": has_more,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-    }
+    return list_page(data, has_more=has_more)
 
 
 @router.get("/{session_id}")

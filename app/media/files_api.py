@@ -23,7 +23,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.responses import StreamingResponse
 
 from app.api.auth import authenticate
-from app.api.responses import JSONResponse
+from app.api.responses import JSONResponse, list_page
 from app.errors import InvalidRequestError, PayloadTooLargeError
 from app.media.config import MediaSettings
 from app.media.errors import human_bytes
@@ -201,15 +201,7 @@ async def list_files(
         owner, purpose=purpose, limit=limit, after=after, order=order
     )
     data = [f.to_openai() for f in files]
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-    )
+    return JSONResponse(list_page(data, has_more=has_more))
 
 
 @router.get("/v1/files/{file_id}")

@@ -28,14 +28,13 @@ from openai import OpenAI
 from app.api.app import create_app
 from app.batches.config import BatchSettings, load_batch_settings
 from app.config import Settings, load_settings
-from app.runtime import build_runtime
-from app.services import open_services
 from tests.redis_server import RedisServer
 from tests.servers import serve_in_thread
 from tests.sglang_sim.script import SimConfig
 from tests.sglang_sim.server import Simulator
 from tests.sglang_sim.testing import SimHandle, bind_socket, make_server
 from workers.consumer import BatchWorker
+from workers.main import opened_worker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,29 +104,18 @@ async def running_worker(
     """A `BatchWorker` consuming in this event loop for the `async with` block."""
     assert settings.redis_url is not None
     client = aioredis.Redis.from_url(settings.redis_url)
-    services = await open_services(client, settings)
-    runtime_client, runtime = build_runtime(settings)
-    worker = BatchWorker(
-        client,
-        name=name,
-        settings=settings,
-        config=config,
-        runtime=runtime,
-        media=services.media,
-        registry=services.registry,
-        priority=config.batch_priority,
-    )
-    await client.set(worker.store.keys.worker(name), "alive", ex=60)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
     try:
-        yield worker
+        async with opened_worker(client, settings, config, name=name) as (worker, _):
+            await client.set(worker.store.keys.worker(name), "alive", ex=60)
+            stop = asyncio.Event()
+            task = asyncio.create_task(worker.run(stop))
+            try:
+                yield worker
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 30)
+                await client.delete(worker.store.keys.worker(name))
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        await client.delete(worker.store.keys.worker(name))
-        await services.aclose()
-        await runtime_client.aclose()
         await client.aclose()
 
 
