@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any, Literal
@@ -37,6 +38,7 @@ from app.agent.models import (
 )
 from app.agent.prompt import ImageSource, image_refs, runtime_messages
 from app.agent.repair import extract_calls, has_call_markup
+from app.errors import InvalidRequestError
 from app.runtime.aggregate import CompletionBuilder
 from app.runtime.body import new_rid
 from app.runtime.guard import Runtime
@@ -105,8 +107,6 @@ class AgentRun:
         self.client_names = [t["function"]["name"] for t in config.client_tools]
         clash = server & set(self.client_names)
         if clash:
-            from app.errors import InvalidRequestError
-
             raise InvalidRequestError(
                 f"client tool name(s) {', '.join(sorted(clash))} clash with server tools; "
                 "rename them or leave them out of server_tools",
@@ -117,6 +117,8 @@ class AgentRun:
         self.tool_params = {
             t["function"]["name"]: t["function"].get("parameters") or {} for t in self.tool_defs
         }
+        self.confirmed: set[str] = set()
+        self.resumed = self._confirmed_pause()
 
     # ------------------------------------------------------------------ helpers
 
@@ -211,7 +213,7 @@ class AgentRun:
             redis=self.redis,
             media=self.media,
             conversation_images=images,
-            confirmed_call_ids=set(self.config.confirmed_call_ids),
+            confirmed_call_ids=set(self.confirmed),
             call_id=call.id,
         )
         policy = self.policy or ToolPolicy(enabled=None, allow_write=False, confirm_write=False)
@@ -228,15 +230,12 @@ class AgentRun:
             *(self._run_tool(c, images) for c in calls), return_exceptions=True
         )
         extra_user_parts: list[dict[str, Any]] = []
+        paused: list[ToolCall] = []
         for call, result in zip(calls, results, strict=True):
             if isinstance(result, ConfirmationRequired):
-                # No result yet: the call stays unanswered in the history until the client
-                # confirms it (`confirm_tool_calls`) and the run resumes.
-                self.pending = {
-                    "call_id": call.id,
-                    "tool": call.function.name,
-                    "arguments": call.function.arguments,
-                }
+                # No result yet: the call stays unanswered in the history until the session's
+                # owner confirms the pause (`confirm_tool_calls: [pause_id]`) and the run resumes.
+                paused.append(call)
                 yield ToolProgress(self.steps, call.id, call.function.name, "failed")
                 continue
             if isinstance(result, BaseException):
@@ -253,6 +252,8 @@ class AgentRun:
                     )
             self.produced.append({"role": "tool", "tool_call_id": call.id, "content": text})
             yield ToolProgress(self.steps, call.id, call.function.name, status)
+        if paused:
+            self._pause(paused)
         if extra_user_parts:
             # Images go to the model in a user turn: tool turns carry text only in every template.
             self.produced.append(
@@ -266,24 +267,57 @@ class AgentRun:
                 }
             )
 
-    def _unanswered_server_calls(self) -> list[ToolCall]:
-        """Server calls of the last assistant turn still without a result (a paused run)."""
-        messages = [*self.history, *self.produced]
-        for index in range(len(messages) - 1, -1, -1):
-            message = messages[index]
-            if message.get("role") == "user":
-                return []
+    def _pause(self, calls: list[ToolCall]) -> None:
+        """Mark the step's assistant message with a pause id that only cascade issues.
+
+        The mark lives in `meta`, which cascade strips from every client message, so a pause can
+        only come from a run cascade made and stored, never from history a client sent.
+        """
+        pause_id = "pause_" + secrets.token_hex(12)
+        for message in reversed(self.produced):
             if message.get("role") == "assistant":
-                answered = {
-                    m.get("tool_call_id") for m in messages[index + 1 :] if m.get("role") == "tool"
+                message.setdefault("meta", {})["pause"] = {
+                    "id": pause_id,
+                    "call_ids": [c.id for c in calls],
                 }
-                return [
-                    ToolCall.model_validate(c)
-                    for c in message.get("tool_calls") or []
-                    if c.get("id") not in answered
-                    and (c.get("function") or {}).get("name") in self.server_names
-                ]
-        return []
+                break
+        first = calls[0]
+        self.pending = {
+            "pause_id": pause_id,
+            "call_id": first.id,
+            "tool": first.function.name,
+            "arguments": first.function.arguments,
+            "calls": [
+                {"call_id": c.id, "tool": c.function.name, "arguments": c.function.arguments}
+                for c in calls
+            ],
+        }
+
+    def _confirmed_pause(self) -> list[ToolCall]:
+        """The paused calls to run now: those of the stored history's open pause, if this
+        request confirms its id. Anything else that `confirm_tool_calls` names is refused.
+
+        Only the stored history counts (a session, loaded for its owner); calls in messages the
+        client sent are history to show the model, never instructions to run.
+        """
+        wanted = self.config.confirm_pause_ids
+        if not wanted:
+            return []
+        pause = open_pause(self.history) if not self.produced else None
+        if pause is None or pause[0] not in wanted or len(wanted) > 1:
+            raise InvalidRequestError(
+                "confirm_tool_calls must name the pause_id of the session's paused tool call "
+                "(send it with session_id and no new messages)",
+                param="confirm_tool_calls",
+            )
+        message, call_ids = pause[1], set(pause[2])
+        self.confirmed = call_ids
+        return [
+            ToolCall.model_validate(c)
+            for c in message.get("tool_calls") or []
+            if c.get("id") in call_ids
+            and (c.get("function") or {}).get("name") in self.server_names
+        ]
 
     async def events(self) -> AsyncGenerator[AgentEvent, None]:
         repair_tried = False
@@ -292,7 +326,7 @@ class AgentRun:
         final_content = ""
         final_reasoning: str | None = None
         finish = "length"
-        resumed = self._unanswered_server_calls()
+        resumed = self.resumed
         if resumed:
             async for event in self._execute(resumed):
                 yield event
@@ -439,3 +473,23 @@ def tool_result_text(value: Any) -> str:
     if isinstance(value, list):
         return " ".join(p.get("text", "") for p in value if isinstance(p, dict))
     return json.dumps(value, ensure_ascii=False)
+
+
+def open_pause(
+    history: Sequence[dict[str, Any]],
+) -> tuple[str, dict[str, Any], list[str]] | None:
+    """The stored history's open pause: (pause id, its assistant message, paused call ids),
+    when the history ends with a paused step whose calls have no results yet."""
+    for index in range(len(history) - 1, -1, -1):
+        message = history[index]
+        if message.get("role") == "tool":
+            continue
+        pause = (
+            (message.get("meta") or {}).get("pause") if message.get("role") == "assistant" else None
+        )
+        if not pause:
+            return None
+        answered = {m.get("tool_call_id") for m in history[index + 1 :]}
+        open_ids = [c for c in pause.get("call_ids", []) if c not in answered]
+        return (pause["id"], message, open_ids) if open_ids else None
+    return None

@@ -42,7 +42,7 @@ class RunConfig:
     tool_choice: str | dict[str, Any] | None = None
     max_answer_tokens: int | None = None
     sampling: dict[str, Any] = field(default_factory=dict)
-    confirmed_call_ids: set[str] = field(default_factory=set)
+    confirm_pause_ids: set[str] = field(default_factory=set)  # `confirm_tool_calls`
     routing_key: str | None = None
     priority: int | None = None
 

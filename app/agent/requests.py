@@ -234,7 +234,7 @@ def run_config(
         tool_choice=req.tool_choice,
         max_answer_tokens=req.answer_tokens(),
         sampling=sampling,
-        confirmed_call_ids=set(req.confirm_tool_calls or ()),
+        confirm_pause_ids=set(req.confirm_tool_calls or ()),
         routing_key=req.session_id,
     )
     policy = ToolPolicy(
