@@ -19,23 +19,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.api.app import create_app
-    from app.config import load_settings
+    from app.api.config import HttpSettings
+    from app.api.server import server_config
+    from app.config import check_bind_auth, load_settings
     from app.logs import configure_logging
     from app.services import check_settings
 
     settings = load_settings()
     check_settings()
+    http = HttpSettings.load()
     configure_logging(settings.log_format, settings.log_level)
     host = args.host or settings.host
     port = args.port or settings.port
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    check_bind_auth(settings, host)
+    config = server_config(create_app(settings), host=host, port=port, http=http)
+    uvicorn.Server(config).run()
     return 0
 
 
@@ -54,12 +52,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     import asyncio
 
-    from app.config import load_settings
+    from app.config import check_bind_auth, load_settings
     from app.logs import configure_logging
     from app.supervisor import run_up
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
+    check_bind_auth(settings, settings.host)
     return asyncio.run(run_up(settings, workers=args.workers))
 
 

@@ -8,10 +8,13 @@ echoing secret values.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
+import structlog
 from pydantic import (
     AnyHttpUrl,
     Field,
@@ -21,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import NoDecode
 
+from app.errors import ConfigError
 from app.settings_base import CascadeSettings, split_csv
 
 
@@ -106,6 +110,14 @@ class Settings(CascadeSettings):
         default_factory=list,
         description="Comma-separated client API keys; unset = auth off.",
     )
+    allow_no_auth: bool = Field(
+        default=False,
+        description="Allow auth off on a non-loopback bind (every caller is the local owner).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated browser origins allowed to call the API; unset = none.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(default="auto")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
 
@@ -113,6 +125,19 @@ class Settings(CascadeSettings):
     @classmethod
     def _split_keys(cls, value: object) -> object:
         return split_csv(value)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        return split_csv(value)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+                raise ValueError("each origin must be scheme://host[:port] (or *)")
+        return [origin.lower() for origin in value]
 
     @field_validator("redis_url")
     @classmethod
@@ -156,3 +181,35 @@ class Settings(CascadeSettings):
 def load_settings(**overrides: object) -> Settings:
     """Read and validate settings; raise `ConfigError` naming every bad variable."""
     return Settings.load(**overrides)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a bind address that only this machine can reach."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind_auth(settings: Settings, host: str) -> None:
+    """Refuse to serve without API keys on an address other machines can reach.
+
+    With auth off every caller is the local owner (all sessions, all tools); that is safe only
+    on loopback. `CASCADE_ALLOW_NO_AUTH=true` overrides, and is logged as an error-level warning.
+    """
+    if settings.auth_enabled or is_loopback_host(host):
+        return
+    if not settings.allow_no_auth:
+        raise ConfigError(
+            f"refusing to serve on {host} without API keys: set CASCADE_API_KEYS, bind to "
+            "127.0.0.1, or set CASCADE_ALLOW_NO_AUTH=true to accept every caller as the owner"
+        )
+    structlog.get_logger(__name__).error(
+        "auth_disabled_on_network",
+        host=host,
+        detail="CASCADE_ALLOW_NO_AUTH=true: anyone who can reach this address owns every "
+        "session and may use every enabled tool",
+    )

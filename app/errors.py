@@ -124,3 +124,21 @@ class InternalError(CascadeError):
     status = 500
     type = "server_error"
     code = "internal_error"
+
+
+class ForbiddenError(CascadeError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
+class RequestTimeoutError(CascadeError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class UnsupportedMediaTypeError(CascadeError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"

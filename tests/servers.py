@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from tests.redis_server import free_port
@@ -46,3 +52,44 @@ def serve_in_thread(app: Any, *, lifespan: str = "on") -> Iterator[str]:
         thread.join(timeout=20)
         if thread.is_alive():
             raise RuntimeError("the API server thread did not stop")
+
+
+@contextmanager
+def serve_in_subprocess(
+    log_path: Path, env: dict[str, str], *, host: str = "127.0.0.1"
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run `cascade serve` (the production server set-up) as a child process; yields its base
+    URL and the process. `env` adds `CASCADE_*` variables to a clean environment."""
+    port = free_port()
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
+    child_env |= {"CASCADE_LOG_FORMAT": "json", **env}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--host", host, "--port", str(port)],
+            env=child_env,
+            stdout=log,
+            stderr=log,
+        )
+    url = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"cascade serve exited with {proc.returncode}")
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("cascade serve did not start")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -19,12 +19,15 @@ from app import __version__
 from app.api.auth import authenticate
 from app.api.batches_api import router as batches_router
 from app.api.chat import router as chat_router
+from app.api.config import HttpSettings
 from app.api.errors import install_error_handlers
+from app.api.http_guard import RequestGuardMiddleware
 from app.api.middleware import RequestIdMiddleware
 from app.api.responses import JSONResponse
 from app.api.sessions_api import router as sessions_router
 from app.api.tools_api import router as tools_router
 from app.config import Settings
+from app.media.config import MediaSettings
 from app.media.files_api import router as files_router
 from app.redis_client import redis_client
 from app.runtime import SGLangClient
@@ -43,6 +46,13 @@ async def redis_state(client: aioredis.Redis | None) -> dict[str, Any]:
         log.warning("redis_unreachable", exc_type=type(exc).__name__)
         return {"ok": False, "detail": "not reachable"}
     return {"ok": True, "detail": "ok"}
+
+
+def chat_body_cap(http: HttpSettings, media: MediaSettings) -> int:
+    """The chat body cap: the operator's, or room for a request's images as base64 + 4 MiB."""
+    if http.http_max_chat_body is not None:
+        return http.http_max_chat_body
+    return media.request_max_image_bytes * 4 // 3 + 4 * 1024 * 1024
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -84,6 +94,13 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    http = HttpSettings.load()
+    app.add_middleware(
+        RequestGuardMiddleware,
+        settings=http,
+        cors_origins=settings.cors_origins,
+        chat_body_cap=chat_body_cap(http, MediaSettings.load()),
+    )
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(chat_router)
