@@ -117,6 +117,7 @@ class AgentRun:
         self.tool_params = {
             t["function"]["name"]: t["function"].get("parameters") or {} for t in self.tool_defs
         }
+        self._check_tool_choice()
         self.confirmed: set[str] = set()
         self.resumed = self._confirmed_pause()
 
@@ -266,6 +267,25 @@ class AgentRun:
                     "meta": {"tool_images": True},
                 }
             )
+
+    def _check_tool_choice(self) -> None:
+        choice = self.config.tool_choice
+        if choice is None or choice in ("auto", "none"):
+            return
+        if not self.tool_defs:
+            raise InvalidRequestError(
+                "tool_choice asks for a tool call, but no tool is offered (no client tools and "
+                "no server tools in this request)",
+                param="tool_choice",
+            )
+        if isinstance(choice, dict):
+            name = choice["function"]["name"]
+            if name not in self.tool_params:
+                offered = ", ".join(sorted(self.tool_params))
+                raise InvalidRequestError(
+                    f"tool_choice names {name!r}, which is not offered (offered: {offered})",
+                    param="tool_choice",
+                )
 
     def _pause(self, calls: list[ToolCall]) -> None:
         """Mark the step's assistant message with a pause id that only cascade issues.

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import orjson
 import structlog
 from fastapi import APIRouter, Depends, Request
 from starlette.background import BackgroundTask
@@ -32,13 +31,20 @@ from app.agent.models import (
     RunResult,
     ToolProgress,
 )
-from app.agent.requests import ChatRequest, normalise_messages, parse_chat_request, run_config
+from app.agent.requests import (
+    ChatRequest,
+    check_tool_results,
+    normalise_messages,
+    parse_chat_request,
+    run_config,
+)
 from app.agent.responses import cascade_extension, completion_body, completion_id
 from app.api.auth import authenticate
 from app.api.responses import JSONResponse
 from app.api.shapes import ChunkWriter
 from app.config import Settings
 from app.errors import CascadeError, InvalidRequestError
+from app.jsonbody import JsonBodyError, parse_json
 from app.sessions.models import SessionInfo, SessionOptions
 from app.sessions.store import SessionStore
 from tools.registry import ToolRegistry
@@ -120,6 +126,8 @@ class Turn:
         registry: ToolRegistry | None = self.state.registry
         config, policy = run_config(req, self.settings, options, registry, self.state.tool_policy)
         new = normalise_messages(req.messages)
+        if req.session_id is not None:
+            check_tool_results(self.history, new)
         media = self.state.media
         if media is not None:
             for message in new:
@@ -230,9 +238,9 @@ class Turn:
 async def _parse(request: Request) -> tuple[ChatRequest, bytes]:
     raw = await request.body()
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequestError("request body is not valid JSON") from None
+        data = parse_json(raw)
+    except JsonBodyError as exc:
+        raise InvalidRequestError(f"request body: {exc}") from None
     return parse_chat_request(data), raw
 
 

@@ -225,7 +225,11 @@ def test_bad_input_is_a_clear_400(cascade: Cascade) -> None:
         error = response.json()["error"]
         assert error["type"] == "invalid_request_error"
         assert word in error["message"] or word == error.get("param"), error
-    response = httpx.post(cascade.url + "/v1/chat/completions", content=b"{oops")
+    response = httpx.post(
+        cascade.url + "/v1/chat/completions",
+        content=b"{oops",
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 400
 
 
