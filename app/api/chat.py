@@ -12,13 +12,16 @@ is stored with what was produced so far, the cut message marked interrupted (nev
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import structlog
 from fastapi import APIRouter, Depends, Request
+from redis.exceptions import RedisError
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
@@ -43,7 +46,12 @@ from app.api.auth import authenticate
 from app.api.responses import JSONResponse
 from app.api.shapes import ChunkWriter
 from app.config import Settings
-from app.errors import CascadeError, InvalidRequestError
+from app.errors import (
+    CascadeError,
+    ConflictError,
+    InvalidRequestError,
+    RuntimeUnavailableError,
+)
 from app.jsonbody import JsonBodyError, parse_json
 from app.sessions.models import SessionInfo, SessionOptions
 from app.sessions.store import SessionStore
@@ -51,6 +59,14 @@ from tools.registry import ToolRegistry
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
+
+COMMIT_RETRY_SECONDS = 6.0
+STORAGE_LOST = RuntimeUnavailableError(
+    "the answer could not be stored in the session: cascade's storage (Redis) is not "
+    "answering; the turn is not in the history, send it again",
+    retry_after=2,
+    code="storage_unavailable",
+)
 
 
 def _options_update(req: ChatRequest, current: SessionOptions) -> SessionOptions | None:
@@ -92,6 +108,7 @@ class Turn:
         self.finished = False
         self.idempotency_key: str | None = None
         self.body_hash = ""
+        self.created: SessionInfo | None = None
 
     async def open(self, raw_body: bytes, idempotency_key: str | None) -> dict[str, Any] | None:
         """Load the session and take its lock; a stored idempotent result short-circuits."""
@@ -160,38 +177,82 @@ class Turn:
         return self.run
 
     async def commit(self, messages: list[dict[str, Any]]) -> str | None:
-        """Store the turn (whole); returns the session id the response should carry."""
+        """Store the turn (whole); returns the session id the response should carry.
+
+        Storage failures are retried for up to `COMMIT_RETRY_SECONDS` (Redis restarting, a
+        blip). A retry that finds the session one version ahead, while this turn holds the
+        session's lock, finds its own earlier attempt committed (its reply was lost). Past the
+        bound the `RedisError` propagates, logged as `turn_commit_failed`.
+        """
+        delay = 0.25
+        deadline = time.monotonic() + COMMIT_RETRY_SECONDS
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._commit_once(messages, retried=attempt > 1)
+            except RedisError as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error(
+                        "turn_commit_failed",
+                        session_id=self.info.id if self.info is not None else None,
+                        attempts=attempt,
+                        exc_type=type(exc).__name__,
+                    )
+                    raise
+                log.warning("turn_commit_retry", attempt=attempt, exc_type=type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _commit_once(self, messages: list[dict[str, Any]], *, retried: bool) -> str | None:
         req = self.req
         if self.store is None:
             return None
         if self.info is not None:
-            self.info = await self.store.append_turn(
-                self.info.id,
-                self.owner,
-                messages,
-                expected_version=self.info.version,
-                options=_options_update(req, self.info.options),
-                title=self.info.title or _title(messages),
-            )
+            try:
+                self.info = await self.store.append_turn(
+                    self.info.id,
+                    self.owner,
+                    messages,
+                    expected_version=self.info.version,
+                    options=_options_update(req, self.info.options),
+                    title=self.info.title or _title(messages),
+                )
+            except ConflictError:
+                if not retried:
+                    raise
+                current = await self.store.get_info(self.info.id, self.owner)
+                if current.version != self.info.version + 1:
+                    raise
+                self.info = current
             return self.info.id
         if req.store:
-            options = SessionOptions(
-                thinking=req.thinking,
-                thinking_budget=req.thinking_budget,
-                preserve_thinking=bool(req.preserve_thinking),
-                server_tools=req.server_tools,
-            )
-            info = await self.store.create(
-                self.owner, title=_title(messages), options=options, messages=messages
-            )
-            return info.id
+            if self.created is None:
+                options = SessionOptions(
+                    thinking=req.thinking,
+                    thinking_budget=req.thinking_budget,
+                    preserve_thinking=bool(req.preserve_thinking),
+                    server_tools=req.server_tools,
+                )
+                self.created = await self.store.create(
+                    self.owner, title=_title(messages), options=options, messages=messages
+                )
+            return self.created.id
         return None
 
     async def succeed(self, body: dict[str, Any]) -> None:
+        """The turn is committed: record its replay (best effort) and release. Once."""
         if self.idempotency_key:
-            await self.state.idempotency.complete(self.owner, self.idempotency_key, body)
-            self.idempotency_key = None
-        await self.close()
+            try:
+                await self.state.idempotency.complete(self.owner, self.idempotency_key, body)
+                self.idempotency_key = None
+            except RedisError as exc:
+                # The turn is stored; only the replay is lost (`close` drops the pending key).
+                log.warning("idempotent_result_not_recorded", exc_type=type(exc).__name__)
+        try:
+            await self.close()
+        except RedisError as exc:
+            log.warning("turn_release_failed", exc_type=type(exc).__name__)
 
     async def _abandon_key(self) -> None:
         if self.idempotency_key:
@@ -280,10 +341,6 @@ async def chat_completions(request: Request, owner: str = Depends(authenticate))
     return JSONResponse(body)
 
 
-def _include_usage(req: ChatRequest) -> bool:
-    return bool(req.stream_options and req.stream_options.include_usage)
-
-
 async def _stream(
     turn: Turn, run: AgentRun, model: str, *, include_usage: bool
 ) -> AsyncIterator[bytes]:
@@ -312,19 +369,28 @@ async def _stream(
                 result = event.result
         assert result is not None
         session_id = await turn.commit(result.new_messages)
+        # Finished before the last events go out: a client leaving now finds the turn stored
+        # once, its idempotent replay recorded and the lock released.
+        await turn.succeed(
+            completion_body(result, cid=completion_id(), model=model, session_id=session_id)
+        )
         yield writer.finish(result.finish_reason, cascade_extension(result), session_id)
         if include_usage:
             yield writer.usage(result.usage, result.thinking)
         yield writer.done()
-        await turn.succeed(
-            completion_body(result, cid=completion_id(), model=model, session_id=session_id)
-        )
     except CascadeError as exc:
         # Headers are gone: the error travels as an error event, then the stream ends.
         log.warning("stream_failed", code=exc.code, status=exc.status)
         with anyio.CancelScope(shield=True):
             await turn.interrupted()
         yield writer.error(exc.to_body())
+        yield writer.done()
+    except RedisError:
+        # The answer was sent but could not be stored (logged by `commit`): say so, end
+        # properly, and release what the turn holds.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            await turn.close()
+        yield writer.error(STORAGE_LOST.to_body())
         yield writer.done()
     finally:
         if not turn.finished:
