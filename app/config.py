@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_settings import NoDecode
 
 from app.errors import ConfigError
+from app.redact import redact_url
 from app.settings_base import CascadeSettings, split_csv
 
 
@@ -160,6 +161,11 @@ class Settings(CascadeSettings):
     def runtime_base(self) -> str:
         """The runtime URL without a trailing slash."""
         return str(self.runtime_url).rstrip("/")
+
+    @property
+    def runtime_display(self) -> str:
+        """The runtime URL as it may be shown or logged (credentials masked)."""
+        return redact_url(self.runtime_base)
 
     @property
     def auth_enabled(self) -> bool:

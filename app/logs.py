@@ -1,7 +1,8 @@
 """structlog set-up: JSON lines in production, readable console output in a terminal.
 
 Request, session and job ids are bound with `structlog.contextvars` by whoever owns the work.
-A redaction processor drops values of keys that may hold secrets, whatever the caller logs.
+A redaction processor drops values of keys that may hold secrets, and masks credentials in
+any URL inside a logged value (`app.redact`), whatever the caller logs.
 """
 
 from __future__ import annotations
@@ -13,15 +14,31 @@ from typing import Any
 
 import structlog
 
+from app.redact import redact_text
+
 _SECRET_KEYS = ("authorization", "api_key", "apikey", "token", "password", "secret", "cookie")
 
 
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event):
+    for key, value in list(event.items()):
         lowered = key.lower()
         if any(word in lowered for word in _SECRET_KEYS):
             event[key] = "[redacted]"
+        elif isinstance(value, str):
+            event[key] = redact_text(value)
+        elif isinstance(value, dict | list):
+            event[key] = _redact_nested(value)
     return event
+
+
+def _redact_nested(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redact_nested(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_nested(v) for v in value]
+    return value
 
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:

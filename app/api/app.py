@@ -76,7 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "auth_disabled",
                 detail="CASCADE_API_KEYS is unset: every caller is accepted as the local owner",
             )
-        log.info("api_started", runtime=settings.runtime_base, version=__version__)
+        log.info("api_started", runtime=settings.runtime_display, version=__version__)
         try:
             yield
         finally:
@@ -124,13 +124,13 @@ def create_app(settings: Settings) -> FastAPI:
             "ok": health.reachable,
             "reachable": health.reachable,
             "healthy": health.healthy,
-            "url": settings.runtime_base,
+            "url": settings.runtime_display,
             "model": health.model,
             "detail": health.detail,
         }
         if not health.reachable:
             runtime["detail"] = (
-                f"the SGLang runtime at {settings.runtime_base} is not reachable; start it with "
+                f"the SGLang runtime at {settings.runtime_display} is not reachable; start it with "
                 "`cascade runtime` (or `docker compose up sglang`) or set CASCADE_RUNTIME_URL"
             )
         ready = health.reachable and bool(redis["ok"])

@@ -135,7 +135,7 @@ class SGLangClient:
 
     def _unavailable(self, what: str) -> RuntimeUnavailableError:
         return RuntimeUnavailableError(
-            f"the SGLang runtime at {self.settings.runtime_base} {what}; start it "
+            f"the SGLang runtime at {self.settings.runtime_display} {what}; start it "
             "(`cascade runtime` or `docker compose up sglang`) or point CASCADE_RUNTIME_URL at it",
             retry_after=5,
         )
