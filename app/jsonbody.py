@@ -52,3 +52,10 @@ def parse_json(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     if isinstance(value, dict | list) and json_depth_exceeds(value, max_depth):
         raise JsonBodyError(f"JSON nests deeper than {max_depth} levels")
     return value
+
+
+def bounded_depth(value: Any) -> Any:
+    """A pydantic after-validator: refuse a value that nests deeper than `MAX_JSON_DEPTH`."""
+    if isinstance(value, dict | list) and json_depth_exceeds(value):
+        raise ValueError(f"nests deeper than {MAX_JSON_DEPTH} levels")
+    return value

@@ -18,15 +18,23 @@ import os
 import re
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jinja2
 import orjson
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from app.batches.models import window_seconds
 from app.errors import InvalidRequestError
+from app.jsonbody import bounded_depth
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"})
 TEMPLATE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.jinja")
@@ -42,12 +50,14 @@ class ImageQuestionsJob(BaseModel):
     recursive: bool = False
     questions: list[str] = Field(default_factory=list)
     template: str | None = None
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: Annotated[dict[str, Any], AfterValidator(bounded_depth)] = Field(
+        default_factory=dict
+    )
     system: str | None = None
     model: str | None = None
     thinking: bool | None = None
     thinking_budget: int | None = Field(default=None, ge=1)
-    response_schema: dict[str, Any] | None = None
+    response_schema: Annotated[dict[str, Any] | None, AfterValidator(bounded_depth)] = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     completion_window: str = "24h"

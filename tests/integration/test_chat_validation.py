@@ -250,3 +250,18 @@ def test_a_session_turn_may_answer_the_calls_its_stored_history_made(
     assert again.json()["error"]["param"] == "messages[0].tool_call_id"
     history = httpx.get(f"{cascade.url}/v1/sessions/{session_id}").json()
     assert sum(1 for m in history["messages"] if m["role"] == "tool") == 1
+
+
+@pytest.mark.parametrize("field", ["variables", "response_schema"])
+def test_a_too_deep_job_field_is_a_400(cascade: Cascade, field: str) -> None:
+    body = {"images": ["a.png"], "questions": ["what?"], field: deep(300)}
+    response = httpx.post(
+        cascade.url + "/v1/jobs/image-questions",
+        content=json.dumps(body),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert "deeper than 64" in error["message"]
+    assert field in (error["param"] or "")
