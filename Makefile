@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 SGLANG_VERSION := 0.5.23
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint bench redis-server contract-deps clean
+.PHONY: setup run test unit lint bench redis-server contract-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cascade needs Python 3.11+"'
@@ -44,6 +44,10 @@ lint: setup
 
 test: contract-deps redis-server lint
 	$(PY) -m pytest -q
+
+# The fast loop while editing: unit tests only (no Redis, no subprocess servers), under 15 s.
+unit: setup
+	$(PY) -m pytest -q tests/unit
 
 bench: setup redis-server
 	$(PY) -m tests.bench

@@ -32,3 +32,14 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration carries the `integration` marker, and every test under
+    tests/contract the `contract` one, so `-m "not integration"` selects what it says."""
+    for item in items:
+        parts = Path(str(item.path)).parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        elif "contract" in parts:
+            item.add_marker(pytest.mark.contract)
