@@ -16,6 +16,7 @@ import structlog
 from fastapi import Depends, FastAPI, Request
 
 from app import __version__
+from app.agent.turn import TurnServices
 from app.api.auth import authenticate
 from app.api.batches_api import router as batches_router
 from app.api.chat import router as chat_router
@@ -71,6 +72,14 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.file_store = services.files
         app.state.registry = services.registry
         app.state.tool_policy = services.policy
+        app.state.turn_services = TurnServices(
+            settings=settings,
+            runtime=app.state.runtime,
+            registry=services.registry,
+            policy=services.policy,
+            media=services.media,
+            redis=app.state.redis,
+        )
         if not settings.auth_enabled:
             log.warning(
                 "auth_disabled",

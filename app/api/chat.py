@@ -34,14 +34,9 @@ from app.agent.models import (
     RunResult,
     ToolProgress,
 )
-from app.agent.requests import (
-    ChatRequest,
-    check_tool_results,
-    normalise_messages,
-    parse_chat_request,
-    run_config,
-)
+from app.agent.requests import ChatRequest, parse_chat_request
 from app.agent.responses import cascade_extension, completion_body, completion_id
+from app.agent.turn import assemble_turn
 from app.api.auth import authenticate
 from app.api.responses import JSONResponse
 from app.api.shapes import ChunkWriter
@@ -55,7 +50,6 @@ from app.errors import (
 from app.jsonbody import JsonBodyError, parse_json
 from app.sessions.models import SessionInfo, SessionOptions
 from app.sessions.store import SessionStore
-from tools.registry import ToolRegistry
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
@@ -138,43 +132,16 @@ class Turn:
         return None
 
     async def build_run(self, *, stream: bool) -> AgentRun:
-        req = self.req
-        options = self.info.options if self.info is not None else SessionOptions()
-        registry: ToolRegistry | None = self.state.registry
-        config, policy = run_config(req, self.settings, options, registry, self.state.tool_policy)
-        new = normalise_messages(req.messages)
-        if req.session_id is not None:
-            check_tool_results(self.history, new)
-        media = self.state.media
-        if media is not None:
-            for message in new:
-                if isinstance(message.get("content"), list):
-                    message["content"] = await media.ingest_message_parts(
-                        message["content"], owner=self.owner
-                    )
-        elif any(
-            isinstance(m.get("content"), list)
-            and any(p.get("type") == "image_url" for p in m["content"])
-            for m in new
-        ):
-            raise InvalidRequestError("images are not enabled on this server")
-        history = self.history
-        if not history and self.settings.system_prompt and new and new[0]["role"] != "system":
-            new.insert(0, {"role": "system", "content": self.settings.system_prompt})
-        self.run = AgentRun(
-            runtime=self.state.runtime,
-            registry=registry,
-            media=media,
-            history=history,
-            new_messages=new,
-            config=config,
-            policy=policy,
+        turn = await assemble_turn(
+            self.state.turn_services,
+            self.req,
             owner=self.owner,
-            session_id=req.session_id,
-            redis=self.state.redis,
             stream=stream,
+            history=self.history,
+            options=self.info.options if self.info is not None else None,
         )
-        return self.run
+        self.run = turn.run
+        return turn.run
 
     async def commit(self, messages: list[dict[str, Any]]) -> str | None:
         """Store the turn (whole); returns the session id the response should carry.

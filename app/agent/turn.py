@@ -1,0 +1,136 @@
+"""The turn engine: the one place where an agent run is assembled.
+
+Every door (the chat API, batch workers, and any door to come) translates its wire format into
+a `ChatRequest` and calls `assemble_turn`; none builds an `AgentRun` itself. Here, and only here:
+
+- the run config is resolved from the request, the session's options and the operator's
+  defaults, under the operator's tool policy (a request may narrow it, never widen it);
+- new messages are normalised to the stored form, and a session turn's tool results are
+  checked against the calls its stored history made;
+- images in the new messages are checked, processed and stored under one per-turn budget
+  (`ImageBudget`), and replaced by `image_ref` parts;
+- the operator's system prompt is added to a conversation that starts without one.
+
+`assemble_turn` does no model call and writes nothing but images (content-addressed, so a retry
+repeats nothing visible); the run it returns is driven by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+
+from app.agent.loop import AgentRun
+from app.agent.requests import ChatRequest, check_tool_results, normalise_messages, run_config
+from app.config import Settings
+from app.errors import InvalidRequestError
+from app.media.intake import IMAGE_PART_TYPES, ImageBudget, ImageIntake
+from app.runtime.guard import Runtime
+from app.sessions.models import SessionOptions
+from tools.registry import ToolPolicy, ToolRegistry
+
+
+class PartsIngest(Protocol):
+    """Replaces a message's image parts by stored `image_ref` parts, spending `budget`."""
+
+    async def __call__(
+        self, parts: list[dict[str, Any]], *, owner: str, budget: ImageBudget
+    ) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class TurnServices:
+    """What assembling and running a turn needs; one per process, built at start."""
+
+    settings: Settings
+    runtime: Runtime
+    registry: ToolRegistry | None
+    policy: ToolPolicy  # the operator's
+    media: ImageIntake | None
+    redis: aioredis.Redis | None
+
+
+@dataclass
+class AssembledTurn:
+    run: AgentRun
+    images: list[dict[str, Any]] = field(default_factory=list)  # refs of the new images
+
+
+async def assemble_turn(
+    services: TurnServices,
+    req: ChatRequest,
+    *,
+    owner: str,
+    stream: bool,
+    history: Sequence[dict[str, Any]] = (),
+    options: SessionOptions | None = None,
+    priority: int | None = None,
+    ingest: PartsIngest | None = None,
+) -> AssembledTurn:
+    """Assemble the run for one turn (see the module docstring).
+
+    `history` and `options` are a session's (empty for a stateless request); `ingest` replaces
+    the intake's own image ingestion (batch workers share fetches between items).
+    """
+    settings = services.settings
+    config, policy = run_config(
+        req, settings, options or SessionOptions(), services.registry, services.policy
+    )
+    config.priority = priority
+    new = normalise_messages(req.messages)
+    if req.session_id is not None:
+        check_tool_results(list(history), new)
+    images = await _ingest_images(services, new, owner=owner, ingest=ingest)
+    if not history and settings.system_prompt and new and new[0]["role"] != "system":
+        new.insert(0, {"role": "system", "content": settings.system_prompt})
+    run = AgentRun(
+        runtime=services.runtime,
+        registry=services.registry,
+        media=services.media,
+        history=history,
+        new_messages=new,
+        config=config,
+        policy=policy,
+        owner=owner,
+        session_id=req.session_id,
+        redis=services.redis,
+        stream=stream,
+    )
+    return AssembledTurn(run=run, images=images)
+
+
+async def _ingest_images(
+    services: TurnServices,
+    messages: list[dict[str, Any]],
+    *,
+    owner: str,
+    ingest: PartsIngest | None,
+) -> list[dict[str, Any]]:
+    with_images = [
+        m
+        for m in messages
+        if isinstance(m.get("content"), list)
+        and any(p.get("type") in IMAGE_PART_TYPES for p in m["content"])
+    ]
+    if not with_images:
+        return []
+    media = services.media
+    if media is None:
+        raise InvalidRequestError("images are not enabled on this server")
+    budget = ImageBudget.from_settings(media.settings)
+    images: list[dict[str, Any]] = []
+    for message in with_images:
+        if ingest is not None:
+            parts = await ingest(message["content"], owner=owner, budget=budget)
+        else:
+            parts = await media.ingest_message_parts(message["content"], owner=owner, budget=budget)
+        message["content"] = parts
+        images.extend(
+            {k: p[k] for k in ("sha256", "width", "height")}
+            for p in parts
+            if p.get("type") == "image_ref"
+        )
+    return images
