@@ -11,9 +11,10 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from app.settings_base import CascadeSettings
+from templates import TEMPLATES_DIR
 
 MB = 1024 * 1024
-REPO_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+REPO_TEMPLATES = TEMPLATES_DIR
 
 
 class BatchSettings(CascadeSettings):

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.runtime.template import render_chat_prompt
 from tests.sglang_sim import Fault, Rule, SimConfig
 from tests.sglang_sim.state import RecordedRequest
+from tests.sglang_sim.template import render_chat_prompt
 from tests.sglang_sim.testing import SimHandle, running_simulator, spawn_simulator
 from tests.sglang_sim.tokens import tokenize
 

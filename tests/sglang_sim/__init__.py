@@ -34,7 +34,7 @@ What is simulated (each point follows SGLang 0.5.23's source, file named)
 - Streaming response headers are sent only with the first chunk, i.e. after the first token
   (serving_chat.py `_handle_streaming_request` primes the generator), so errors found before
   generation (validation, duplicate rid, context length) are plain JSON errors.
-- Prompt: rendered with `app.runtime.template.render_chat_prompt` after merging
+- Prompt: rendered with `tests.sglang_sim.template.render_chat_prompt` after merging
   `chat_template_kwargs` over the server default (`setdefault`) and folding
   `reasoning_effort` into `enable_thinking`. `continue_final_message` drops the final
   assistant message and appends its content after the generation prompt (its reasoning is

@@ -21,7 +21,6 @@ import orjson
 from jsonschema import Draft202012Validator, SchemaError
 from starlette.types import Receive, Send
 
-from app.runtime.template import render_chat_prompt
 from tests.sglang_sim.generation import THINK_END, Decoder, Plan, Step, plan_output
 from tests.sglang_sim.media import ImageError, ImageInfo, prompt_images
 from tests.sglang_sim.parsing import (
@@ -44,6 +43,7 @@ from tests.sglang_sim.protocol import (
 )
 from tests.sglang_sim.script import DEFAULT_ANSWER, DEFAULT_REASONING, Fault, Rule, SimConfig
 from tests.sglang_sim.state import Job, RecordedRequest
+from tests.sglang_sim.template import render_chat_prompt
 from tests.sglang_sim.tokens import tokenize
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 """Pins the Qwen3.6 chat template's rendering (templates/qwen3_6_chat.jinja) and the SGLang
-request handling around it (app/runtime/template.py).
+request handling around it (tests/sglang_sim/template.py).
 
 Expected prompts are written out from the format in docs/SGLANG.md ("Chat template format",
 "Tool-call text format") and from SGLang 0.5.23's serving_chat.py (continue_final_message,
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from app.runtime.template import TEMPLATE_PATH, ChatTemplateError, render_chat_prompt
+from tests.sglang_sim.template import TEMPLATE_PATH, ChatTemplateError, render_chat_prompt
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 VID = "<|vision_start|><|video_pad|><|vision_end|>"

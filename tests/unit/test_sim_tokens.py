@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.runtime.template import render_chat_prompt
+from tests.sglang_sim.template import render_chat_prompt
 from tests.sglang_sim.tokens import SPECIAL_TOKENS, RadixCache, count_tokens, tokenize
 
 # ---------------------------------------------------------------------------------------------

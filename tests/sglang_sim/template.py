@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from functools import cache
-from pathlib import Path
 from typing import Any, NoReturn
 
 import jinja2
@@ -24,10 +23,11 @@ import jinja2.ext
 import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from templates import TEMPLATES_DIR
+
 __all__ = ["TEMPLATE_PATH", "ChatTemplateError", "render_chat_prompt"]
 
-# app/runtime/template.py -> repo root -> templates/
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "templates" / "qwen3_6_chat.jinja"
+TEMPLATE_PATH = TEMPLATES_DIR / "qwen3_6_chat.jinja"
 
 # Part types SGLang's content processing keeps (renamed to "image"/"video") and the ones it drops.
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
