@@ -42,7 +42,8 @@ UPLOAD_PURPOSES: tuple[str, ...] = ("vision", "batch")
 FILE_ID_RE = re.compile(r"file-[0-9a-f]{24}")
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 _FLUSH_AT = 1 << 20
-_MIN_EXPIRY, _MAX_EXPIRY = 3600, 30 * 86_400
+# `expires_after[seconds]` bounds, as OpenAI's: one hour to thirty days.
+MIN_EXPIRY_SECONDS, MAX_EXPIRY_SECONDS = 3600, 30 * 86_400
 
 
 class FileObject(BaseModel):
@@ -267,9 +268,10 @@ class FileStore:
         created_at = int(now)
         expires_at = None
         if expires_after is not None:
-            if not _MIN_EXPIRY <= expires_after <= _MAX_EXPIRY:
+            if not MIN_EXPIRY_SECONDS <= expires_after <= MAX_EXPIRY_SECONDS:
                 raise InvalidRequestError(
-                    f"expires_after seconds must be between {_MIN_EXPIRY} and {_MAX_EXPIRY}",
+                    f"expires_after seconds must be between {MIN_EXPIRY_SECONDS} and "
+                    f"{MAX_EXPIRY_SECONDS}",
                     param="expires_after",
                 )
             expires_at = created_at + expires_after
