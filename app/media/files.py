@@ -7,7 +7,9 @@ names a partial file. Metadata is an OpenAI file object in the Redis hash
 `{prefix}:file:{id}` (plus the owner), indexed per owner in the sorted set
 `{prefix}:owner:{owner}:files` (score: creation time in microseconds).
 
-Purposes: `vision` (images for chat messages), `batch` (JSONL input of the batch API), and
+Purposes: `vision` (images for chat messages; checked from their header as image intake
+would check them, so an image that could never be used, a decompression bomb, is refused with
+a 400 and not stored), `batch` (JSONL input of the batch API), and
 `batch_output` (written by cascade's batch workers, never uploaded by clients).
 A crash between the rename and the metadata write leaves an orphan file; `sweep()` removes
 orphans and expired files and can run at any time.
@@ -32,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from app.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from app.media.config import MediaSettings
+from app.media.decode import ImageLimits, check_image
 from app.media.errors import human_bytes
 
 log = structlog.get_logger(__name__)
@@ -158,6 +161,9 @@ class FileWriter:
             if fh is None:
                 raise RuntimeError("upload already finished")
             await asyncio.to_thread(_close_synced, fh)
+            if purpose == "vision":
+                limits = ImageLimits.from_settings(self.store.settings)
+                await asyncio.to_thread(_check_image_file, self._tmp, limits)
             file_id = "file-" + secrets.token_hex(12)
             final = self.store.path(file_id)
             await asyncio.to_thread(os.replace, self._tmp, final)
@@ -187,6 +193,13 @@ class FileWriter:
             fh.close()
         with contextlib.suppress(OSError):
             self._tmp.unlink()
+
+
+def _check_image_file(path: Path, limits: ImageLimits) -> None:
+    """Refuse a vision file that image intake would refuse from its header (format, pixels,
+    decode memory), so that a decompression bomb is never stored."""
+    with path.open("rb") as fh:
+        check_image(fh, limits)
 
 
 def _close_synced(fh: IO[bytes]) -> None:
