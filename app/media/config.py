@@ -51,6 +51,14 @@ class MediaSettings(CascadeSettings):
     image_decode_concurrency: int = Field(
         default=2, ge=1, description="Images decoded at the same time in one process."
     )
+    image_decode_max_bytes: int = Field(
+        default=128 * MB,
+        ge=1 * MB,
+        description=(
+            "Memory one image decode may take (decoded pixels and every full-size copy); "
+            "larger images are refused from their header, before decoding."
+        ),
+    )
 
     # --- limits ---
     image_max_bytes: int = Field(default=20 * MB, ge=1, description="Largest single image input.")

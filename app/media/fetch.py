@@ -6,19 +6,22 @@
   3. connect to a checked address itself: the request goes to `http(s)://<ip>:<port>/…` with the
      original `Host` header and, for https, the `sni_hostname` extension, so TLS still sends and
      verifies the real host name. There is no second lookup a rebinding DNS server could answer;
-  4. follow redirects by hand (at most `max_redirects`), dropping `Authorization`, `Cookie` and
-     `Proxy-Authorization` once the origin changes;
+  4. follow redirects by hand (at most `max_redirects`): a `Location` that is no URL or names
+     another scheme (`data:`, `mailto:`) is refused; `Authorization`, `Cookie` and
+     `Proxy-Authorization` are dropped once the origin changes;
   5. check `Content-Length` before reading, and count bytes while streaming (decoded bytes, so a
      compressed body cannot expand past the cap); everything runs under one total time cap, so
      a server trickling a body byte by byte fails at the deadline.
 Proxies from the environment are ignored (a proxy would resolve the name again).
-Every failure is a `FetchError` (a 400) whose message names the problem.
+Every failure is a `FetchError` (a 400) whose message names the problem; an exception of the
+HTTP stack that is not one of the failures named here is still turned into one, never a 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -29,7 +32,7 @@ import httpx
 import structlog
 
 from app import __version__
-from app.media.errors import FetchError, FetchTooLargeError, human_bytes
+from app.media.errors import FetchError, FetchTooLargeError, URLNotAllowedError, human_bytes
 from app.media.ssrf import FetchPolicy, IPAddress, Target, plain_address
 
 log = structlog.get_logger(__name__)
@@ -88,6 +91,40 @@ class FetchResult:
             return self.content.decode(charset, errors="replace")
         except LookupError:
             return self.content.decode("utf-8", errors="replace")
+
+
+# Every exception type the HTTP stack raises besides `FetchError` and `TimeoutError`.
+_UNEXPECTED = (
+    httpx.HTTPError,
+    httpx.InvalidURL,
+    httpx.StreamError,
+    httpx.CookieConflict,
+    UnicodeError,
+    ValueError,
+    OverflowError,
+    OSError,
+)
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_BAD_LOCATION_CHARS = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _redirect_url(base: httpx.URL, location: str, *, what: str) -> str:
+    """The absolute URL a redirect's `Location` names, resolved against `base` (RFC 3986).
+
+    A scheme other than http(s) (`data:`, `mailto:`, `file:`) is a `URLNotAllowedError`; a value
+    that is not a URL reference (whitespace or control characters, unparsable) a `FetchError`.
+    The result still has to pass `FetchPolicy.parse_url`.
+    """
+    value = location.strip()
+    if not value or _BAD_LOCATION_CHARS.search(value):
+        raise FetchError(f"{what} is not a valid URL", code="invalid_url")
+    scheme = _SCHEME.match(value)
+    if scheme is not None and scheme.group(1).lower() not in ("http", "https"):
+        raise URLNotAllowedError(f"{what} must use http or https, not {scheme.group(1).lower()}:")
+    try:
+        return str(base.join(value))
+    except (httpx.InvalidURL, ValueError, UnicodeError):
+        raise FetchError(f"{what} is not a valid URL", code="invalid_url") from None
 
 
 def _media_type(headers: httpx.Headers) -> str:
@@ -163,10 +200,17 @@ class SafeFetcher:
                     body=body,
                     raise_for_status=raise_for_status,
                 )
+        except FetchError:
+            raise
         except TimeoutError:
             raise FetchError(
                 f"{what} took longer than {_seconds(time_limit)} s to fetch", code="fetch_timeout"
             ) from None
+        except _UNEXPECTED as exc:
+            # A failure mode not named above (httpx raises some outside `HTTPError`, such as
+            # `InvalidURL`): still the fetch's failure, never a 500.
+            log.info("fetch_failed", error=type(exc).__name__)
+            raise FetchError(f"{what} could not be fetched") from None
 
     async def _fetch(
         self,
@@ -189,19 +233,20 @@ class SafeFetcher:
             }
         )
         sent.update(headers)  # case-insensitive: the caller's values replace the defaults
-        client = httpx.AsyncClient(
-            transport=self.transport or httpx.AsyncHTTPTransport(verify=_default_ssl_context()),
-            follow_redirects=False,
-            trust_env=False,
-            timeout=httpx.Timeout(time_limit),
+        # The transport is driven directly, not through an `AsyncClient`: a client would parse
+        # every redirect's Location itself (and raise on one it cannot parse), and would bring
+        # cookies and proxy settings from the environment. Redirects are followed by hand below.
+        transport = self.transport or httpx.AsyncHTTPTransport(
+            verify=_default_ssl_context(), trust_env=False
         )
+        timeouts = httpx.Timeout(time_limit).as_dict()
         try:
             hop_what = what
             target = self.policy.parse_url(url, what=hop_what)
             redirects: list[str] = []
             while True:
                 addresses = await self._resolve(target, hop_what)
-                response = await self._send(client, target, addresses, sent, hop_what)
+                response = await self._send(transport, timeouts, target, addresses, sent, hop_what)
                 try:
                     location = response.headers.get("location")
                     if response.status_code in REDIRECT_STATUSES and location:
@@ -210,18 +255,13 @@ class SafeFetcher:
                                 f"{what} redirected more than {max_redirects} times",
                                 code="too_many_redirects",
                             )
-                        try:
-                            next_url = target.url.join(location)
-                        except (httpx.InvalidURL, ValueError):
-                            raise FetchError(
-                                f"{what} redirected to an invalid URL", code="invalid_url"
-                            ) from None
                         hop_what = f"{what} redirect target"
-                        next_target = self.policy.parse_url(str(next_url), what=hop_what)
+                        next_url = _redirect_url(target.url, location, what=hop_what)
+                        next_target = self.policy.parse_url(next_url, what=hop_what)
                         if next_target.origin != target.origin:
                             for name in CREDENTIAL_HEADERS:
                                 sent.pop(name, None)
-                        redirects.append(str(next_url))
+                        redirects.append(next_url)
                         target = next_target
                         continue
                     return await self._read(
@@ -238,7 +278,7 @@ class SafeFetcher:
                     await response.aclose()
         finally:
             if self.transport is None:
-                await client.aclose()
+                await transport.aclose()
 
     async def _resolve(self, target: Target, what: str) -> list[IPAddress]:
         if target.literal is not None:
@@ -251,25 +291,28 @@ class SafeFetcher:
 
     async def _send(
         self,
-        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
+        timeouts: dict[str, float | None],
         target: Target,
         addresses: list[IPAddress],
         headers: httpx.Headers,
         what: str,
     ) -> httpx.Response:
-        extensions: dict[str, object] = {}
+        extensions: dict[str, object] = {"timeout": timeouts}
         if target.scheme == "https" and target.literal is None:
             extensions["sni_hostname"] = target.host
         failure = "could not be reached"
         for ip in addresses:
-            request = client.build_request(
+            request = httpx.Request(
                 "GET",
                 target.url.copy_with(host=str(plain_address(ip))),
                 headers={**headers, "host": target.host_header},
                 extensions=extensions,
             )
             try:
-                return await client.send(request, stream=True)
+                response = await transport.handle_async_request(request)
+                response.request = request
+                return response
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Try the next checked address; the cause goes to the log, not the client.
                 log.info(

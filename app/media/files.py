@@ -7,7 +7,9 @@ names a partial file. Metadata is an OpenAI file object in the Redis hash
 `{prefix}:file:{id}` (plus the owner), indexed per owner in the sorted set
 `{prefix}:owner:{owner}:files` (score: creation time in microseconds).
 
-Purposes: `vision` (images for chat messages), `batch` (JSONL input of the batch API), and
+Purposes: `vision` (images for chat messages; checked from their header as image intake
+would check them, so an image that could never be used, a decompression bomb, is refused with
+a 400 and not stored), `batch` (JSONL input of the batch API), and
 `batch_output` (written by cascade's batch workers, never uploaded by clients).
 A crash between the rename and the metadata write leaves an orphan file; `sweep()` removes
 orphans and expired files and can run at any time.
@@ -32,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from app.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from app.media.config import MediaSettings
+from app.media.decode import ImageLimits, check_image
 from app.media.errors import human_bytes
 
 log = structlog.get_logger(__name__)
@@ -42,7 +45,8 @@ UPLOAD_PURPOSES: tuple[str, ...] = ("vision", "batch")
 FILE_ID_RE = re.compile(r"file-[0-9a-f]{24}")
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 _FLUSH_AT = 1 << 20
-_MIN_EXPIRY, _MAX_EXPIRY = 3600, 30 * 86_400
+# `expires_after[seconds]` bounds, as OpenAI's: one hour to thirty days.
+MIN_EXPIRY_SECONDS, MAX_EXPIRY_SECONDS = 3600, 30 * 86_400
 
 
 class FileObject(BaseModel):
@@ -157,6 +161,9 @@ class FileWriter:
             if fh is None:
                 raise RuntimeError("upload already finished")
             await asyncio.to_thread(_close_synced, fh)
+            if purpose == "vision":
+                limits = ImageLimits.from_settings(self.store.settings)
+                await asyncio.to_thread(_check_image_file, self._tmp, limits)
             file_id = "file-" + secrets.token_hex(12)
             final = self.store.path(file_id)
             await asyncio.to_thread(os.replace, self._tmp, final)
@@ -186,6 +193,13 @@ class FileWriter:
             fh.close()
         with contextlib.suppress(OSError):
             self._tmp.unlink()
+
+
+def _check_image_file(path: Path, limits: ImageLimits) -> None:
+    """Refuse a vision file that image intake would refuse from its header (format, pixels,
+    decode memory), so that a decompression bomb is never stored."""
+    with path.open("rb") as fh:
+        check_image(fh, limits)
 
 
 def _close_synced(fh: IO[bytes]) -> None:
@@ -267,9 +281,10 @@ class FileStore:
         created_at = int(now)
         expires_at = None
         if expires_after is not None:
-            if not _MIN_EXPIRY <= expires_after <= _MAX_EXPIRY:
+            if not MIN_EXPIRY_SECONDS <= expires_after <= MAX_EXPIRY_SECONDS:
                 raise InvalidRequestError(
-                    f"expires_after seconds must be between {_MIN_EXPIRY} and {_MAX_EXPIRY}",
+                    f"expires_after seconds must be between {MIN_EXPIRY_SECONDS} and "
+                    f"{MAX_EXPIRY_SECONDS}",
                     param="expires_after",
                 )
             expires_at = created_at + expires_after

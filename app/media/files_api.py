@@ -1,10 +1,12 @@
 """`/v1/files` in OpenAI's shapes: upload, list, retrieve, download, delete.
 
 Uploads are `multipart/form-data` with fields `purpose` (`vision` or `batch`), `file`, and
-optionally `expires_after[anchor]=created_at` / `expires_after[seconds]`. The body is parsed as
-it streams in (python-multipart's push parser): file bytes go straight into the store's
-temporary file and the upload fails with a 413 the moment it passes the purpose's size cap, so
-a large or endless upload never sits in memory or in a spool file.
+optionally `expires_after[anchor]=created_at` / `expires_after[seconds]` (ASCII digits, 3600 to
+2592000). The body is parsed as it streams in (python-multipart's push parser): file bytes go
+straight into the store's temporary file and the upload fails with a 413 the moment it passes
+the purpose's size cap, so a large or endless upload never sits in memory or in a spool file.
+A form field is checked as soon as it is complete. Only a body that reaches its closing
+boundary is stored: a truncated one is a 400, like any malformed form, and leaves nothing.
 
 The app provides `app.state.redis` (redis.asyncio client) and `app.state.settings`
 (`app.config.Settings`, for `state_dir`); `app.state.media_settings` (a `MediaSettings`) is
@@ -14,6 +16,7 @@ caller's id from `app.api.auth.authenticate`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -27,13 +30,22 @@ from app.api.responses import JSONResponse, list_page
 from app.errors import InvalidRequestError, PayloadTooLargeError
 from app.media.config import MediaSettings
 from app.media.errors import human_bytes
-from app.media.files import UPLOAD_PURPOSES, FileStore, FileWriter
+from app.media.files import (
+    MAX_EXPIRY_SECONDS,
+    MIN_EXPIRY_SECONDS,
+    UPLOAD_PURPOSES,
+    FileStore,
+    FileWriter,
+)
 
 router = APIRouter()
 
 _MAX_FIELD_BYTES = 4096
 _MAX_FIELDS = 16
 _MULTIPART_OVERHEAD = 1 << 20
+_ANCHOR, _SECONDS = "expires_after[anchor]", "expires_after[seconds]"
+# `str.isdigit` accepts '²' and other digits `int` refuses; only ASCII digits are a number here.
+_ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 async def get_file_store(request: Request) -> FileStore:
@@ -67,6 +79,7 @@ class _MultipartUpload:
         self._filename: str | None = None
         self._value = bytearray()
         self._in_file = False
+        self.complete = False  # the closing boundary was seen
 
     def callbacks(self) -> Any:
         return {
@@ -77,6 +90,7 @@ class _MultipartUpload:
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
+            "on_end": self._end,
         }
 
     def _part_begin(self) -> None:
@@ -118,8 +132,21 @@ class _MultipartUpload:
             raise InvalidRequestError(f"form field {self._name!r} is too long")
 
     def _part_end(self) -> None:
-        if not self._in_file and self._name:
-            self.fields[self._name] = self._value.decode("utf-8", "replace").strip()
+        if self._in_file or not self._name:
+            return
+        if self._name in self.fields:
+            raise InvalidRequestError(f"form field {self._name!r} is given twice", param=self._name)
+        try:
+            value = self._value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequestError(
+                f"form field {self._name!r} is not UTF-8 text", param=self._name
+            ) from None
+        self.fields[self._name] = value
+        _check_field(self._name, value)
+
+    def _end(self) -> None:
+        self.complete = True
 
     async def flush(self) -> None:
         if self.pending and self.writer is not None:
@@ -128,19 +155,36 @@ class _MultipartUpload:
             await self.writer.write(data)
 
 
+def _check_field(name: str, value: str) -> None:
+    """Refuse a bad `purpose` or `expires_after[...]` value as soon as it has arrived."""
+    if name == "purpose" and value not in UPLOAD_PURPOSES:
+        raise InvalidRequestError(
+            f"purpose must be one of: {', '.join(UPLOAD_PURPOSES)}", param="purpose"
+        )
+    if name == _ANCHOR and value != "created_at":
+        raise InvalidRequestError(f"{_ANCHOR} must be 'created_at'", param=_ANCHOR)
+    if name == _SECONDS:
+        if not _ASCII_DIGITS.fullmatch(value):
+            raise InvalidRequestError(
+                f"{_SECONDS} must be a whole number of seconds", param=_SECONDS
+            )
+        if not MIN_EXPIRY_SECONDS <= int(value) <= MAX_EXPIRY_SECONDS:
+            raise InvalidRequestError(
+                f"{_SECONDS} must be between {MIN_EXPIRY_SECONDS} and {MAX_EXPIRY_SECONDS}",
+                param=_SECONDS,
+            )
+
+
 def _expires_after(fields: dict[str, str]) -> int | None:
-    anchor = fields.get("expires_after[anchor]")
-    seconds = fields.get("expires_after[seconds]")
+    """Seconds from `expires_after[...]` (each value already passed `_check_field`), or None."""
+    anchor = fields.get(_ANCHOR)
+    seconds = fields.get(_SECONDS)
     if anchor is None and seconds is None:
         return None
-    if anchor != "created_at":
-        raise InvalidRequestError(
-            "expires_after[anchor] must be 'created_at'", param="expires_after.anchor"
-        )
-    if seconds is None or not seconds.isdigit():
-        raise InvalidRequestError(
-            "expires_after[seconds] must be an integer", param="expires_after.seconds"
-        )
+    if anchor is None:
+        raise InvalidRequestError(f"{_ANCHOR} is required with {_SECONDS}", param=_ANCHOR)
+    if seconds is None:
+        raise InvalidRequestError(f"{_SECONDS} is required with {_ANCHOR}", param=_SECONDS)
     return int(seconds)
 
 
@@ -158,7 +202,7 @@ async def create_file(
         raise InvalidRequestError("upload must be multipart/form-data with fields file, purpose")
     declared = request.headers.get("content-length", "")
     limit = store.max_upload_bytes()
-    if declared.isdigit() and int(declared) > limit + _MULTIPART_OVERHEAD:
+    if _ASCII_DIGITS.fullmatch(declared) and int(declared) > limit + _MULTIPART_OVERHEAD:
         raise PayloadTooLargeError(f"file larger than {human_bytes(limit)}", code="file_too_large")
     upload = _MultipartUpload(store, owner)
     parser = MultipartParser(boundary, upload.callbacks())
@@ -167,16 +211,16 @@ async def create_file(
             parser.write(chunk)
             await upload.flush()
         parser.finalize()
+        if not upload.complete:
+            raise InvalidRequestError(
+                "multipart/form-data body ends before its closing boundary (truncated upload)"
+            )
         await upload.flush()
         purpose = upload.fields.get("purpose")
         if upload.writer is None:
             raise InvalidRequestError("missing form field 'file'", param="file")
         if purpose is None:
             raise InvalidRequestError("missing form field 'purpose'", param="purpose")
-        if purpose not in UPLOAD_PURPOSES:
-            raise InvalidRequestError(
-                f"purpose must be one of: {', '.join(UPLOAD_PURPOSES)}", param="purpose"
-            )
         obj = await upload.writer.commit(purpose, expires_after=_expires_after(upload.fields))
     except MultipartParseError:
         raise InvalidRequestError("malformed multipart/form-data body") from None

@@ -60,7 +60,7 @@ __all__ = ["ImageBudget", "ImageIntake", "ImageRef"]
 log = structlog.get_logger(__name__)
 
 # Bump when the pipeline's output for the same input changes: old aliases are then ignored.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 IMAGE_PART_TYPES = ("image_url", "input_image", "image_ref")
 ACCEPT_IMAGE = ("image/*", "application/octet-stream", "binary/octet-stream")
 _URI_CACHE_CHARS = 64 * 1024 * 1024
@@ -341,8 +341,24 @@ class ImageIntake:
     async def _prepare(
         self, func: Callable[..., PreparedImage], *args: Any, **kwargs: Any
     ) -> PreparedImage:
-        async with self._decode_slots:
-            return await asyncio.to_thread(func, *args, **kwargs)
+        """Run a decode in a thread while holding one of the `image_decode_concurrency` slots.
+
+        A thread cannot be stopped: when the caller is cancelled (a client hangs up), the slot
+        stays taken until the thread is done, so abandoned decodes still count.
+        """
+        await self._decode_slots.acquire()
+        try:
+            work = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
+        except BaseException:
+            self._decode_slots.release()
+            raise
+        work.add_done_callback(self._decode_done)
+        return await asyncio.shield(work)
+
+    def _decode_done(self, work: asyncio.Future[PreparedImage]) -> None:
+        self._decode_slots.release()
+        if not work.cancelled():
+            work.exception()  # retrieved here when the caller was cancelled and never will be
 
     # --- output ---
     async def data_uri(self, ref: ImageRef | Mapping[str, Any]) -> str:

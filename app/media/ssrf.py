@@ -301,6 +301,8 @@ class FetchPolicy:
                 raise URLNotAllowedError(f"{what} has an ambiguous numeric host ({host})")
             if not _HOSTNAME.fullmatch(host):
                 raise FetchError(f"{what} has an invalid host", code="invalid_url")
+        if parsed.port is not None and not 1 <= parsed.port <= 65535:
+            raise FetchError(f"{what} has an invalid port", code="invalid_url")
         port = parsed.port or (443 if scheme == "https" else 80)
         target = Target(parsed, scheme, host, port, literal)
         if literal is None and self.deny.matches_name(host):

@@ -4,16 +4,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import openai
 import pytest
+import redis
 import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI
@@ -35,6 +40,7 @@ VISION_CAP = 50_000
 class Running:
     base_url: str
     files_dir: Path
+    redis_url: str
 
     def client(self, key: str = "k1") -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=20)
@@ -72,7 +78,7 @@ def api(redis_server: RedisServer, tmp_path: Path) -> Iterator[Running]:
         assert thread.is_alive(), "uvicorn exited"
         time.sleep(0.02)
     try:
-        yield Running(f"http://127.0.0.1:{port}/v1", tmp_path / "state" / "files")
+        yield Running(f"http://127.0.0.1:{port}/v1", tmp_path / "state" / "files", redis_server.url)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -180,8 +186,6 @@ def test_expires_after_sets_expires_at(api: Running) -> None:
 
 
 def test_malformed_uploads_are_400s(api: Running) -> None:
-    import httpx
-
     url = api.base_url + "/files"
     headers = {"Authorization": "Bearer k1"}
     not_multipart = httpx.post(url, headers=headers, json={"purpose": "batch"})
@@ -203,6 +207,196 @@ def test_malformed_uploads_are_400s(api: Running) -> None:
     )
     assert garbage.status_code == 400
     assert stored_names(api.files_dir) == []
+
+
+def stored_state(api: Running) -> tuple[list[bytes], list[str]]:
+    """Every Redis key and every name in the files directory: what an upload could leave."""
+    client = redis.Redis.from_url(api.redis_url)
+    try:
+        keys = sorted(client.keys("*"))
+    finally:
+        client.close()
+    return keys, stored_names(api.files_dir)
+
+
+def post_form(api: Running, fields: list[tuple[str, Any]]) -> httpx.Response:
+    return httpx.post(
+        api.base_url + "/files", headers={"Authorization": "Bearer k1"}, files=fields, timeout=20
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("expires_after[seconds]", "\u00b2"),  # '²'.isdigit() is true, int('²') fails
+        ("expires_after[seconds]", "\u0663\u0666\u0660\u0660"),  # Arabic-Indic 3600
+        ("expires_after[seconds]", "\uff13\uff16\uff10\uff10"),  # full-width 3600
+        ("expires_after[seconds]", "3599"),
+        ("expires_after[seconds]", "2592001"),
+        ("expires_after[seconds]", "99999999999999999999999"),
+        ("expires_after[seconds]", "-3600"),
+        ("expires_after[seconds]", "3600.0"),
+        ("expires_after[seconds]", " 3600"),
+        ("expires_after[seconds]", ""),
+        ("expires_after[anchor]", "last_active_at"),
+        ("expires_after[anchor]", "created_at "),
+        ("purpose", "fine-tune"),
+        ("purpose", "batch_output"),
+        ("purpose", "vision "),
+        ("purpose", "Batch"),
+        ("purpose", "batch\x00"),
+    ],
+)
+def test_bad_form_values_are_400s_naming_the_field_and_store_nothing(
+    api: Running, field: str, value: str
+) -> None:
+    before = stored_state(api)
+    form = {
+        "purpose": "batch",
+        "expires_after[anchor]": "created_at",
+        "expires_after[seconds]": "3600",
+    }
+    form[field] = value
+    fields: list[tuple[str, Any]] = [(name, (None, text)) for name, text in form.items()]
+    response = post_form(api, [*fields, ("file", ("a.jsonl", b'{"a": 1}\n'))])
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == field
+    assert field in error["message"]
+    assert stored_state(api) == before
+    assert api.client().files.list().data == []
+
+
+def test_expires_after_bounds_are_accepted(api: Running) -> None:
+    for seconds in ("3600", "2592000"):
+        response = post_form(
+            api,
+            [
+                ("purpose", (None, "batch")),
+                ("expires_after[anchor]", (None, "created_at")),
+                ("expires_after[seconds]", (None, seconds)),
+                ("file", ("a.jsonl", b"{}\n")),
+            ],
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["expires_at"] == body["created_at"] + int(seconds)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [("expires_after[seconds]", "3600")],
+        [("expires_after[anchor]", "created_at")],
+        [("purpose", "batch")],  # given twice
+    ],
+    ids=["seconds-without-anchor", "anchor-without-seconds", "purpose-twice"],
+)
+def test_incomplete_or_repeated_form_fields_are_400s(
+    api: Running, fields: list[tuple[str, str]]
+) -> None:
+    before = stored_state(api)
+    parts: list[tuple[str, Any]] = [("purpose", (None, "batch"))]
+    parts += [(name, (None, value)) for name, value in fields]
+    response = post_form(api, [*parts, ("file", ("a.jsonl", b"{}\n"))])
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] in {name for name, _ in fields} | {
+        "expires_after[anchor]",
+        "expires_after[seconds]",
+    }
+    assert stored_state(api) == before
+
+
+def _form(boundary: str, *, file: bytes) -> bytes:
+    return (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="purpose"\r\n\r\n'
+        "batch\r\n"
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="a.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + file
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"",  # the body stops inside the file part
+        b"\r\n",
+        b"\r\n--xyz",  # a delimiter, but not the closing one
+        b"\r\n--xyz\r\n",  # a new part begins and never ends
+        b"\r\n--xyz-",
+    ],
+    ids=["in-file", "crlf", "delimiter", "next-part", "half-close"],
+)
+def test_truncated_multipart_body_is_a_400_and_stores_nothing(api: Running, tail: bytes) -> None:
+    before = stored_state(api)
+    response = httpx.post(
+        api.base_url + "/files",
+        headers={
+            "Authorization": "Bearer k1",
+            "Content-Type": "multipart/form-data; boundary=xyz",
+        },
+        content=_form("xyz", file=b"abc") + tail,
+        timeout=20,
+    )
+    assert response.status_code == 400, response.text
+    assert "closing boundary" in response.json()["error"]["message"]
+    assert stored_state(api) == before
+    assert api.client().files.list().data == []
+    # The same body with its closing boundary is stored whole.
+    whole = httpx.post(
+        api.base_url + "/files",
+        headers={
+            "Authorization": "Bearer k1",
+            "Content-Type": "multipart/form-data; boundary=xyz",
+        },
+        content=_form("xyz", file=b"abc") + b"\r\n--xyz--\r\n",
+        timeout=20,
+    )
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["bytes"] == 3
+
+
+def test_upload_over_the_cap_is_a_413_before_the_body_is_sent(api: Running) -> None:
+    """The server answers while the client is still sending: it stopped reading at the cap."""
+    before = stored_state(api)
+    host, port = api.base_url.removeprefix("http://").removesuffix("/v1").split(":")
+    head = (
+        b"--xyz\r\n"
+        b'Content-Disposition: form-data; name="purpose"\r\n\r\n'
+        b"vision\r\n"
+        b"--xyz\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+    ) + b"\x89PNG\r\n\x1a\n"
+    declared = len(head) + 10 * VISION_CAP  # announced, never sent in full
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            (
+                "POST /v1/files HTTP/1.1\r\n"
+                f"Host: {host}\r\n"
+                "Authorization: Bearer k1\r\n"
+                "Content-Type: multipart/form-data; boundary=xyz\r\n"
+                f"Content-Length: {declared}\r\n\r\n"
+            ).encode()
+            + head
+        )
+        sent = len(head)
+        while sent < 2 * VISION_CAP:  # twice the cap, a fifth of the announced body
+            conn.sendall(b"\0" * 4096)
+            sent += 4096
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line.split()[1] == b"413", reply[:300]
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert body["error"]["code"] == "file_too_large"
+    assert stored_state(api) == before
 
 
 # --- the store itself ---

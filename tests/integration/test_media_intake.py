@@ -3,10 +3,12 @@ real Redis and a local HTTP server standing in for image hosts."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -478,3 +480,28 @@ async def test_image_ref_shape() -> None:
         "media_type": "image/png",
     }
     assert ImageRef.from_part(ref.to_part()) == ref
+
+
+async def test_a_cancelled_decode_keeps_its_slot_until_its_thread_ends(
+    redis: aioredis.Redis,
+) -> None:
+    # A thread cannot be stopped: a request that hangs up must not free its decode slot early,
+    # or abandoned decodes would pile up past `image_decode_concurrency`.
+    images = intake(redis, image_decode_concurrency=1)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_decode() -> str:
+        started.set()
+        release.wait(10)
+        return "first"
+
+    first = asyncio.create_task(images._prepare(slow_decode))  # type: ignore[arg-type]
+    assert await asyncio.to_thread(started.wait, 10)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    second = asyncio.create_task(images._prepare(lambda: "second"))  # type: ignore[arg-type]
+    done, _ = await asyncio.wait({second}, timeout=0.2)
+    assert not done  # the abandoned decode still holds the only slot
+    release.set()
+    assert await asyncio.wait_for(second, 10) == "second"

@@ -8,7 +8,14 @@ import time
 import pytest
 from PIL import Image, features
 
-from app.media.decode import ImageLimits, decode_stored, prepare_image, prepare_pil
+from app.media.decode import (
+    ImageLimits,
+    check_image,
+    decode_cost,
+    decode_stored,
+    prepare_image,
+    prepare_pil,
+)
 from app.media.errors import ImageError
 from app.media.resize import smart_resize
 from tests.media_server import encode, gradient, jpeg_bytes, png_bytes, with_png_size
@@ -227,3 +234,85 @@ def test_source_pixel_cap_comes_from_the_limits() -> None:
     small = ImageLimits(LIMITS.min_pixels, LIMITS.max_pixels, max_source_pixels=100 * 100)
     with pytest.raises(ImageError, match="101x100"):
         prepare_image(jpeg_bytes(101, 100), small)
+
+
+# --- the memory of a decode ---
+
+MB = 1024 * 1024
+
+
+def _palette_png(width: int, height: int, *, transparent: bool = False) -> bytes:
+    image = Image.new("P", (width, height))
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * (256 * 3 - 6))
+    image.paste(1, (0, 0, width // 2, height))  # left half red, right half index 0
+    params: dict[str, object] = {"transparency": 0} if transparent else {}
+    return encode(image, "PNG", **params)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "mode"),
+    [
+        ("palette PNG", lambda: encode(Image.new("P", (8192, 8192)), "PNG"), "P"),
+        (
+            "lossless WebP",
+            lambda: encode(Image.new("RGB", (8192, 8192)), "WEBP", lossless=True, method=0),
+            "RGB",
+        ),
+    ],
+)
+def test_small_files_declaring_8192x8192_are_refused_before_decoding(
+    name: str, make: object, mode: str
+) -> None:
+    data = make()  # type: ignore[operator]
+    assert len(data) < 100_000  # a few KB at most: a decompression bomb
+    # 8192x8192 is not above the pixel cap (it *is* the cap): the memory bound refuses them.
+    assert LIMITS.max_source_pixels >= 8192 * 8192
+    started = time.monotonic()
+    with pytest.raises(ImageError) as info:
+        check_image(data, LIMITS)
+    with pytest.raises(ImageError):
+        prepare_image(data, LIMITS)
+    assert time.monotonic() - started < 0.5
+    assert info.value.code == "image_too_many_pixels"
+    assert f"8192x8192 pixels ({mode})" in info.value.message
+    assert "more than the 128 MB allowed" in info.value.message
+
+
+def test_decode_cost_counts_every_full_size_copy() -> None:
+    target = (1024, 1024)
+    rgb, palette, rgba = (Image.new(m, (4096, 4096)) for m in ("RGB", "P", "RGBA"))
+    pixels = 4096 * 4096
+    finish = 2048 * 2048 * 16  # reduced by 2, then flattened and resized
+    assert decode_cost(rgb, "PNG", target) == pixels * 4 + finish
+    assert decode_cost(palette, "PNG", target) == pixels * (1 + 4) + finish  # + RGB conversion
+    assert decode_cost(rgba, "PNG", target) == pixels * (4 + 4) + finish  # + premultiplied copy
+    assert decode_cost(rgb, "WEBP", target) == pixels * (4 + 12) + finish  # + libwebp's buffers
+
+
+def test_the_memory_cap_is_configurable() -> None:
+    data = encode(photo(2000, 2000), "PNG")  # 16 MB decoded
+    tight = ImageLimits(LIMITS.min_pixels, LIMITS.max_pixels, 8192**2, max_decode_bytes=8 * MB)
+    with pytest.raises(ImageError, match="more than the 8 MB allowed"):
+        prepare_image(data, tight)
+    assert prepare_image(data, LIMITS).source_width == 2000
+
+
+def test_jpeg_draft_makes_a_large_photo_cheap_to_decode() -> None:
+    # 6000x6000 RGB is 137 MB decoded at full size, over the cap; libjpeg's 1/4 scale is not.
+    data = encode(photo(6000, 6000), "JPEG", quality=80)
+    out = prepare_image(data, LIMITS)
+    assert (out.source_width, out.source_height) == (6000, 6000)
+    assert out.width * out.height <= LIMITS.max_pixels
+
+
+@pytest.mark.parametrize("transparent", [False, True])
+def test_large_palette_image_is_reduced_then_converted(transparent: bool) -> None:
+    out = opened(prepare_image(_palette_png(3000, 2000, transparent=transparent), LIMITS).data)
+    expected_h, expected_w = smart_resize(
+        2000, 3000, factor=32, min_pixels=LIMITS.min_pixels, max_pixels=LIMITS.max_pixels
+    )
+    assert out.size == (expected_w, expected_h)
+    assert out.mode == "RGB"
+    assert close(out.getpixel((10, 10)), RED)
+    right = out.getpixel((out.width - 10, 10))
+    assert close(right, (255, 255, 255) if transparent else (0, 0, 0))
