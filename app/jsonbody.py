@@ -8,6 +8,7 @@ refuses too-deep documents up front with an error naming the problem.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -30,6 +31,7 @@ def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
         item, depth = stack.pop()
         if depth > limit:
             return True
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):
