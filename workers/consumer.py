@@ -53,7 +53,7 @@ from app.media.errors import FetchError, URLNotAllowedError
 from app.media.intake import ImageBudget
 from app.runtime.guard import Runtime
 from app.sessions.models import SessionOptions
-from tools.registry import ToolRegistry
+from tools.registry import ToolPolicy, ToolRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -158,6 +158,7 @@ class BatchWorker:
         runtime: Runtime,
         media: Any | None,
         registry: ToolRegistry | None,
+        policy: ToolPolicy,
         priority: int | None = None,
         inflight: int | None = None,
     ) -> None:
@@ -169,6 +170,9 @@ class BatchWorker:
         self.media = media
         self.images = SharedImages(media) if media is not None else None
         self.registry = registry
+        # The operator's tool policy (`Services.policy`, as the API's chat requests get it):
+        # an item runs under it even if it was queued under another one.
+        self.policy = policy
         self.priority = priority
         # Items kept in flight; `workers.tuning` may raise it once the runtime's slots are known.
         self.inflight = inflight or config.batch_inflight or 32
@@ -431,7 +435,9 @@ class BatchWorker:
         except orjson.JSONDecodeError:
             raise InvalidRequestError("the queued request body is not JSON") from None
         req = parse_chat_request(data)
-        config, policy = run_config(req, self.settings, SessionOptions(), self.registry)
+        config, policy = run_config(
+            req, self.settings, SessionOptions(), self.registry, self.policy
+        )
         config.priority = self.priority
         messages = normalise_messages(req.messages)
         images: list[dict[str, Any]] = []

@@ -130,6 +130,7 @@ async def opened_worker(
         runtime=runtime,
         media=services.media,
         registry=services.registry,
+        policy=services.policy,
         priority=config.batch_priority,
         inflight=inflight,
     )

@@ -84,6 +84,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings,
         config,
         getattr(app.state, "registry", None),
+        app.state.tool_policy,  # the policy chat requests run under (`Services.policy`)
     )
     app.state.batch_store = coordinator.store
     stop = asyncio.Event()

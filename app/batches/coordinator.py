@@ -44,7 +44,7 @@ from app.batches.validate import InvalidLine, check_line, parse_line
 from app.config import Settings
 from app.errors import CascadeError, NotFoundError
 from app.media.files import FileObject, FileStore, FileWriter
-from tools.registry import ToolRegistry
+from tools.registry import ToolPolicy, ToolRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +112,7 @@ class Coordinator:
         settings: Settings,
         batch_settings: BatchSettings,
         registry: ToolRegistry | None,
+        policy: ToolPolicy,
         *,
         store: BatchStore | None = None,
         clock: Callable[[], float] = time.time,
@@ -121,6 +122,7 @@ class Coordinator:
         self.settings = settings
         self.config = batch_settings
         self.registry = registry
+        self.policy = policy  # the operator's tool policy, as chat requests get it
         self.store = store or BatchStore(redis, prefix=batch_settings.key_prefix)
         self.clock = clock
         self.token = secrets.token_hex(8)
@@ -283,6 +285,7 @@ class Coordinator:
                     endpoint=batch.endpoint,
                     settings=self.settings,
                     registry=self.registry,
+                    policy=self.policy,
                     seen=seen,
                 )
                 if isinstance(result, InvalidLine):

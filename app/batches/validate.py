@@ -23,7 +23,7 @@ from app.batches.models import LineError
 from app.config import Settings
 from app.errors import CascadeError
 from app.sessions.models import SessionOptions
-from tools.registry import ToolRegistry
+from tools.registry import ToolPolicy, ToolRegistry
 
 MAX_CUSTOM_ID = 512
 
@@ -77,9 +77,14 @@ def check_line(
     endpoint: str,
     settings: Settings,
     registry: ToolRegistry | None,
+    policy: ToolPolicy,
     seen: set[int] | None,
 ) -> ValidItem | InvalidLine:
-    """Validate one line; `seen` collects custom_id digests to refuse duplicates."""
+    """Validate one line; `seen` collects custom_id digests to refuse duplicates.
+
+    `policy` is the operator's tool policy, the one chat requests run under: a body that chat
+    would refuse (a disabled server tool, say) is refused here with chat's message.
+    """
     if line.too_long:
         return _bad(line, "line_too_long", "the line is too long", None, None)
     data, cid = parse_line(line)
@@ -113,7 +118,7 @@ def check_line(
         )
     try:
         req = parse_chat_request(body)
-        run_config(req, settings, SessionOptions(), registry)
+        run_config(req, settings, SessionOptions(), registry, policy)
     except CascadeError as exc:
         param = f"body.{exc.param}" if exc.param else "body"
         return _bad(line, "invalid_body", exc.message, param, cid)
