@@ -393,13 +393,20 @@ class BatchWorker:
             await self._finish(item, record, None)
             return
         record = ResultRecord("output", output_line(item.custom_id, body, request_id=_rid()))
-        await self._finish(item, record, usage_counts(body))
+        images = [image["sha256"] for image in body.get("cascade", {}).get("images", ())]
+        await self._finish(item, record, usage_counts(body), images)
 
     async def _finish(
-        self, item: QueueItem, record: ResultRecord, usage: dict[str, int] | None
+        self,
+        item: QueueItem,
+        record: ResultRecord,
+        usage: dict[str, int] | None,
+        images: list[str] | None = None,
     ) -> None:
         outcome = await self._redis(
-            lambda: self.store.finish_item(item, record, worker=self.name, usage=usage)
+            lambda: self.store.finish_item(
+                item, record, worker=self.name, usage=usage, images=images or ()
+            )
         )
         if outcome == "written":
             self.processed += 1

@@ -230,10 +230,19 @@ def _thumbnail(image: Image.Image) -> bytes:
 async def batch_image_thumbnail(
     batch_id: str, sha256: str, request: Request, owner: Owner
 ) -> Response:
-    """A small JPEG of a processed image (by content hash) for the batch's report."""
-    await _store(request).get(owner, batch_id)
+    """A small JPEG of a processed image (by content hash) for the batch's report.
+
+    Only an image one of the caller's batch's results used: the image store is shared by every
+    owner, so a hash alone proves nothing; any other hash is 404 like an unknown one.
+    """
+    store = _store(request)
+    await store.get(owner, batch_id)
     media: Any = getattr(request.app.state, "media", None)
-    if media is None or not _SHA256.fullmatch(sha256):
+    if (
+        media is None
+        or not _SHA256.fullmatch(sha256)
+        or not await store.references_image(batch_id, sha256)
+    ):
         raise NotFoundError("no such image", code="image_not_found")
     image = await media.load_image(ImageRef(sha256, 1, 1, "image/jpeg"))
     data = await asyncio.to_thread(_thumbnail, image)
