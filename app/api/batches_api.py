@@ -1,7 +1,9 @@
 """`/v1/batches` (OpenAI's Batch API) and `/v1/jobs/image-questions`.
 
 The router brings its own lifespan: it runs the batch coordinator (`app.batches.coordinator`)
-in this process, next to the files it reads and writes. Another owner's batch answers exactly
+in this process, next to the files it reads and writes, restarted if it dies
+(`app.batches.supervise`). `app.state.batch_store_type` (default `BatchStore`) is the store
+class it is built with. Another owner's batch answers exactly
 like a missing one (404).
 
 Besides OpenAI's endpoints: `POST /v1/jobs/image-questions` (a job expanded into a batch) and
@@ -38,6 +40,7 @@ from app.batches.jobs import (
 )
 from app.batches.models import CreateBatchRequest
 from app.batches.store import BatchStore
+from app.batches.supervise import supervise
 from app.errors import (
     CascadeError,
     InvalidRequestError,
@@ -78,6 +81,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         return
     config = _batch_settings(app)
+    store_type: type[BatchStore] = getattr(app.state, "batch_store_type", BatchStore)
     coordinator = Coordinator(
         redis,
         _file_store(app),
@@ -85,10 +89,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         config,
         getattr(app.state, "registry", None),
         app.state.tool_policy,  # the policy chat requests run under (`Services.policy`)
+        store=store_type(redis, prefix=config.key_prefix),
     )
     app.state.batch_store = coordinator.store
     stop = asyncio.Event()
-    task = asyncio.create_task(coordinator.run(stop))
+    task = asyncio.create_task(supervise("batch_coordinator", coordinator.run, stop))
     try:
         yield
     finally:
