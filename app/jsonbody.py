@@ -31,6 +31,7 @@ def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
         item, depth = stack.pop()
         if depth > limit:
             return True
+        children: Iterable[Any]
         if isinstance(item, dict):
             children: Iterable[Any] = item.values()
         elif isinstance(item, list):

@@ -49,11 +49,12 @@ from app.errors import (
     InvalidRequestError,
     RuntimeUnavailableError,
 )
+from app.jsonbody import JsonBodyError, parse_json
 from app.media.errors import FetchError, URLNotAllowedError
 from app.media.intake import ImageBudget
 from app.runtime.guard import Runtime
 from app.sessions.models import SessionOptions
-from tools.registry import ToolRegistry
+from tools.registry import ToolPolicy, ToolRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -158,8 +159,10 @@ class BatchWorker:
         runtime: Runtime,
         media: Any | None,
         registry: ToolRegistry | None,
+        policy: ToolPolicy,
         priority: int | None = None,
         inflight: int | None = None,
+        store: BatchStore | None = None,
     ) -> None:
         self.redis = redis
         self.name = name
@@ -169,10 +172,13 @@ class BatchWorker:
         self.media = media
         self.images = SharedImages(media) if media is not None else None
         self.registry = registry
+        # The operator's tool policy (`Services.policy`, as the API's chat requests get it):
+        # an item runs under it even if it was queued under another one.
+        self.policy = policy
         self.priority = priority
         # Items kept in flight; `workers.tuning` may raise it once the runtime's slots are known.
         self.inflight = inflight or config.batch_inflight or 32
-        self.store = BatchStore(redis, prefix=config.key_prefix)
+        self.store = store or BatchStore(redis, prefix=config.key_prefix)
         self.stream = self.store.keys.stream()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.items: dict[str, QueueItem] = {}
@@ -192,7 +198,11 @@ class BatchWorker:
                 raise
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set, then drain (see the module docstring)."""
+        """Consume until `stop` is set, then drain (see the module docstring).
+
+        Redis errors are waited out; an unexpected exception ends `run` without draining (the
+        items in flight go on) for its supervisor (`app.batches.supervise`) to start it again.
+        """
         next_move = next_refresh = next_claim = 0.0
         failures = 0
         refresh_every = self.config.batch_claim_idle / 3
@@ -261,8 +271,24 @@ class BatchWorker:
         items: list[QueueItem] = []
         for _stream, entries in response or []:
             for msg_id, fields in entries:
-                items.append(QueueItem.from_entry(msg_id, fields))
+                item = await self._entry(msg_id, fields)
+                if item is not None:
+                    items.append(item)
         return items
+
+    async def _entry(self, msg_id: Any, fields: dict[Any, Any]) -> QueueItem | None:
+        """The queue entry as an item; a malformed one (no item can be made of it, so no
+        batch's line can fail with it) is logged and removed, not read again and again."""
+        try:
+            return QueueItem.from_entry(msg_id, fields)
+        except (ValueError, TypeError, AttributeError) as exc:
+            entry = msg_id.decode() if isinstance(msg_id, bytes) else str(msg_id)
+            log.error(
+                "batch_entry_malformed", worker=self.name, entry=entry, exc_type=type(exc).__name__
+            )
+            await self.redis.xack(self.stream, GROUP, entry)
+            await self.redis.xdel(self.stream, entry)
+            return None
 
     async def _reclaim(self, count: int) -> list[QueueItem]:
         """Entries of workers that went silent for `batch_claim_idle` seconds."""
@@ -276,7 +302,9 @@ class BatchWorker:
         for msg_id, fields in entries:
             if not fields:
                 continue  # deleted meanwhile
-            item = QueueItem.from_entry(msg_id, fields)
+            item = await self._entry(msg_id, fields)
+            if item is None:
+                continue
             if item.msg_id in self.tasks:
                 continue  # ours already (we were slow to refresh)
             log.info(
@@ -345,8 +373,28 @@ class BatchWorker:
             await self._process_item(item)
         except asyncio.CancelledError:
             raise
-        except Exception:  # never expected: the entry stays pending and is reclaimed later
-            log.exception("batch_item_abandoned", worker=self.name, custom_id=item.custom_id)
+        except Exception as exc:  # never expected: the item fails with a reason
+            log.error(
+                "batch_item_crashed",
+                worker=self.name,
+                batch_id=item.batch_id,
+                custom_id=item.custom_id,
+                exc_type=type(exc).__name__,
+                exc_info=exc,
+            )
+            error = InternalError(
+                "cascade failed while running this request", code="batch_item_crashed"
+            )
+            record = ResultRecord("error", failed_line(item.custom_id, error, request_id=_rid()))
+            try:
+                await self._finish(item, record, None)
+            except Exception as again:  # the entry stays pending: reclaimed, then dead-lettered
+                log.error(
+                    "batch_item_abandoned",
+                    worker=self.name,
+                    custom_id=item.custom_id,
+                    exc_type=type(again).__name__,
+                )
 
     async def _process_item(self, item: QueueItem) -> None:
         log_ = log.bind(worker=self.name, batch_id=item.batch_id, custom_id=item.custom_id)
@@ -389,13 +437,20 @@ class BatchWorker:
             await self._finish(item, record, None)
             return
         record = ResultRecord("output", output_line(item.custom_id, body, request_id=_rid()))
-        await self._finish(item, record, usage_counts(body))
+        images = [image["sha256"] for image in body.get("cascade", {}).get("images", ())]
+        await self._finish(item, record, usage_counts(body), images)
 
     async def _finish(
-        self, item: QueueItem, record: ResultRecord, usage: dict[str, int] | None
+        self,
+        item: QueueItem,
+        record: ResultRecord,
+        usage: dict[str, int] | None,
+        images: list[str] | None = None,
     ) -> None:
         outcome = await self._redis(
-            lambda: self.store.finish_item(item, record, worker=self.name, usage=usage)
+            lambda: self.store.finish_item(
+                item, record, worker=self.name, usage=usage, images=images or ()
+            )
         )
         if outcome == "written":
             self.processed += 1
@@ -427,11 +482,13 @@ class BatchWorker:
 
     async def _run_once(self, item: QueueItem) -> dict[str, Any]:
         try:
-            data = orjson.loads(item.body)
-        except orjson.JSONDecodeError:
-            raise InvalidRequestError("the queued request body is not JSON") from None
+            data = parse_json(item.body)
+        except JsonBodyError as exc:
+            raise InvalidRequestError(f"the queued request body: {exc}", param="body") from None
         req = parse_chat_request(data)
-        config, policy = run_config(req, self.settings, SessionOptions(), self.registry)
+        config, policy = run_config(
+            req, self.settings, SessionOptions(), self.registry, self.policy
+        )
         config.priority = self.priority
         messages = normalise_messages(req.messages)
         images: list[dict[str, Any]] = []

@@ -2,6 +2,7 @@
 
 A worker registers itself in Redis (a heartbeat key with a TTL, so `cascade up`, the batch
 coordinator and the operator can see it) and consumes batch items (`workers.consumer`).
+The consumer loop runs under `app.batches.supervise` (a loop that dies is started again).
 Contract: the heartbeat key `cascade:workers:<name>` exists while the worker runs and expires
 within `HEARTBEAT_TTL` seconds of it dying; a graceful stop (SIGTERM/SIGINT) drains in-flight
 items within `CASCADE_BATCH_DRAIN_GRACE` seconds, then deletes the key at once.
@@ -24,6 +25,8 @@ from redis.exceptions import RedisError
 
 from app.batches.config import BatchSettings, load_batch_settings
 from app.batches.keys import GROUP, BatchKeys
+from app.batches.store import BatchStore
+from app.batches.supervise import supervise
 from app.config import Settings
 from app.redis_client import redis_client
 from app.runtime import build_runtime
@@ -118,8 +121,10 @@ async def opened_worker(
     *,
     name: str,
     inflight: int | None = None,
+    store: BatchStore | None = None,
 ) -> AsyncIterator[tuple[BatchWorker, SGLangClient]]:
-    """A `BatchWorker` with the services and runtime client it uses, closed on exit."""
+    """A `BatchWorker` with the services and runtime client it uses, closed on exit (`store`:
+    the batch store it works with, by default one over `client`)."""
     services = await open_services(client, settings)
     runtime_client, runtime = build_runtime(settings)
     worker = BatchWorker(
@@ -130,14 +135,21 @@ async def opened_worker(
         runtime=runtime,
         media=services.media,
         registry=services.registry,
+        policy=services.policy,
         priority=config.batch_priority,
         inflight=inflight,
+        store=store,
     )
     try:
         yield worker, runtime_client
     finally:
         await services.aclose()
         await runtime_client.aclose()
+
+
+async def consume(worker: BatchWorker, stop: asyncio.Event) -> None:
+    """The worker's consumer loop until `stop`, restarted whenever it dies."""
+    await supervise(f"batch_worker {worker.name}", worker.run, stop)
 
 
 async def _serve(
@@ -157,7 +169,7 @@ async def _serve(
         asyncio.create_task(_track_runtime(worker, config, runtime_client)),
     ]
     try:
-        await worker.run(stop)
+        await consume(worker, stop)
     finally:
         stop.set()
         for task in background:

@@ -1,7 +1,9 @@
 """`/v1/batches` (OpenAI's Batch API) and `/v1/jobs/image-questions`.
 
 The router brings its own lifespan: it runs the batch coordinator (`app.batches.coordinator`)
-in this process, next to the files it reads and writes. Another owner's batch answers exactly
+in this process, next to the files it reads and writes, restarted if it dies
+(`app.batches.supervise`). `app.state.batch_store_type` (default `BatchStore`) is the store
+class it is built with. Another owner's batch answers exactly
 like a missing one (404).
 
 Besides OpenAI's endpoints: `POST /v1/jobs/image-questions` (a job expanded into a batch) and
@@ -38,6 +40,7 @@ from app.batches.jobs import (
 )
 from app.batches.models import CreateBatchRequest
 from app.batches.store import BatchStore
+from app.batches.supervise import supervise
 from app.errors import (
     CascadeError,
     InvalidRequestError,
@@ -78,16 +81,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         return
     config = _batch_settings(app)
+    store_type: type[BatchStore] = getattr(app.state, "batch_store_type", BatchStore)
     coordinator = Coordinator(
         redis,
         _file_store(app),
         app.state.settings,
         config,
         getattr(app.state, "registry", None),
+        app.state.tool_policy,  # the policy chat requests run under (`Services.policy`)
+        store=store_type(redis, prefix=config.key_prefix),
     )
     app.state.batch_store = coordinator.store
     stop = asyncio.Event()
-    task = asyncio.create_task(coordinator.run(stop))
+    task = asyncio.create_task(supervise("batch_coordinator", coordinator.run, stop))
     try:
         yield
     finally:
@@ -229,10 +235,19 @@ def _thumbnail(image: Image.Image) -> bytes:
 async def batch_image_thumbnail(
     batch_id: str, sha256: str, request: Request, owner: Owner
 ) -> Response:
-    """A small JPEG of a processed image (by content hash) for the batch's report."""
-    await _store(request).get(owner, batch_id)
+    """A small JPEG of a processed image (by content hash) for the batch's report.
+
+    Only an image one of the caller's batch's results used: the image store is shared by every
+    owner, so a hash alone proves nothing; any other hash is 404 like an unknown one.
+    """
+    store = _store(request)
+    await store.get(owner, batch_id)
     media: Any = getattr(request.app.state, "media", None)
-    if media is None or not _SHA256.fullmatch(sha256):
+    if (
+        media is None
+        or not _SHA256.fullmatch(sha256)
+        or not await store.references_image(batch_id, sha256)
+    ):
         raise NotFoundError("no such image", code="image_not_found")
     image = await media.load_image(ImageRef(sha256, 1, 1, "image/jpeg"))
     data = await asyncio.to_thread(_thumbnail, image)

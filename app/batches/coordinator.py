@@ -12,6 +12,10 @@ Per batch, each pass:
   `finalizing` → the files are written → `completed`. Past `expires_at` → sealed → `expired`.
 - `cancelling`: once no live worker runs one of its items → sealed → files → `cancelled`.
 
+A batch whose processing raises an unexpected exception (anything but Redis or file system
+errors, which are retried) ends at once: `failed` with a `batch_internal_error`, or `cancelled`
+if it was being cancelled. The other batches go on.
+
 Files are written in input order in one streaming pass over the input: for each line its
 validation error, its result, or (never ran) a `batch_cancelled`/`batch_expired` error line.
 """
@@ -38,13 +42,13 @@ from app.batches.lines import (
     invalid_line,
     never_ran_line,
 )
-from app.batches.models import BatchObject, LineError
+from app.batches.models import FINAL_STATUSES, BatchObject, LineError
 from app.batches.store import BatchStore
 from app.batches.validate import InvalidLine, check_line, parse_line
 from app.config import Settings
 from app.errors import CascadeError, NotFoundError
 from app.media.files import FileObject, FileStore, FileWriter
-from tools.registry import ToolRegistry
+from tools.registry import ToolPolicy, ToolRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +116,7 @@ class Coordinator:
         settings: Settings,
         batch_settings: BatchSettings,
         registry: ToolRegistry | None,
+        policy: ToolPolicy,
         *,
         store: BatchStore | None = None,
         clock: Callable[[], float] = time.time,
@@ -121,6 +126,7 @@ class Coordinator:
         self.settings = settings
         self.config = batch_settings
         self.registry = registry
+        self.policy = policy  # the operator's tool policy, as chat requests get it
         self.store = store or BatchStore(redis, prefix=batch_settings.key_prefix)
         self.clock = clock
         self.token = secrets.token_hex(8)
@@ -135,6 +141,9 @@ class Coordinator:
     # ------------------------------------------------------------------ the loop
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Coordinate until `stop` is set. Redis and file system errors are waited out; an
+        exception from one batch ends that batch only; anything else ends `run` (after it let
+        go of its tasks and the lease), for its supervisor to start it again."""
         failures = 0
         try:
             while not stop.is_set():
@@ -178,30 +187,82 @@ class Coordinator:
         for batch_id in await self.store.active_ids():
             if batch_id in self.tasks or self.backoff.get(batch_id, (0, 0.0))[1] > now:
                 continue
-            batch = await self.store.load(batch_id)
-            if batch is None:
-                await self.redis.srem(self.store.keys.active(), batch_id)
-                await self._close_reader(batch_id)
-                continue
-            await self._advance(batch)
+            try:
+                batch = await self.store.load(batch_id)
+                if batch is None:
+                    await self.redis.srem(self.store.keys.active(), batch_id)
+                    await self._close_reader(batch_id)
+                    continue
+                await self._advance(batch)
+            except (RedisError, OSError):
+                raise  # the store is away: the whole pass waits (see `run`)
+            except Exception as exc:
+                # One batch's problem is that batch's: it ends, and the others go on.
+                await self._abandon(batch_id, exc)
 
     def _spawn(self, batch_id: str, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(self._guarded(batch_id, work))
         self.tasks[batch_id] = task
 
     async def _guarded(self, batch_id: str, work: Coroutine[Any, Any, None]) -> None:
-        """Run one batch's long step; after a failure, wait (doubling, ≤ 60 s) before the next."""
+        """Run one batch's long step. After a Redis or file system error, wait (doubling,
+        ≤ 60 s) before the next try; any other exception ends the batch (`_abandon`)."""
         try:
-            await work
-        except Exception as exc:
-            if isinstance(exc, RedisError | OSError):
-                log.warning("batch_task_interrupted", batch_id=batch_id, exc=type(exc).__name__)
-            else:
-                log.exception("batch_task_failed", batch_id=batch_id)
+            try:
+                await work
+            except (RedisError, OSError):
+                raise
+            except Exception as exc:
+                await self._abandon(batch_id, exc)
+        except (RedisError, OSError) as exc:
+            log.warning("batch_task_interrupted", batch_id=batch_id, exc_type=type(exc).__name__)
             failures = self.backoff.get(batch_id, (0, 0.0))[0] + 1
             self.backoff[batch_id] = (failures, time.monotonic() + min(60.0, 0.5 * 2**failures))
         else:
             self.backoff.pop(batch_id, None)
+
+    async def _abandon(self, batch_id: str, exc: Exception) -> None:
+        """End a batch whose processing raised unexpectedly (a retry would raise again).
+
+        A batch being cancelled becomes `cancelled` (a cancel always finishes), any other one
+        `failed`; either way with a `batch_internal_error` in its errors and no files. It is
+        sealed first, so no result lands after it ended.
+        """
+        log.error("batch_task_failed", batch_id=batch_id, exc_type=type(exc).__name__, exc_info=exc)
+        await self._close_reader(batch_id)
+        listed: list[LineError] = []
+        try:
+            batch = await self.store.load(batch_id)
+        except (RedisError, OSError):
+            raise
+        except Exception:  # the stored object itself is unreadable: end it by its status
+            status = await self._status(batch_id)
+        else:
+            if batch is None:
+                return
+            status, listed = batch.status, batch.errors
+        if status is None or status in FINAL_STATUSES:
+            await self.redis.srem(self.store.keys.active(), batch_id)
+            return
+        await self.store.seal(batch_id)
+        error = LineError(
+            code="batch_internal_error",
+            message="cascade failed while processing this batch; it was stopped",
+        )
+        errors = orjson.dumps([e.model_dump() for e in [error, *listed]])
+        now = int(self.clock())
+        live = ("validating", "in_progress", "finalizing", "cancelling")
+        if status == "cancelling":
+            moved = await self.store.transition(
+                batch_id, live, "cancelled", cancelled_at=now, errors=errors
+            )
+        else:
+            moved = await self.store.transition(
+                batch_id, live, "failed", failed_at=now, errors=errors
+            )
+        if moved:
+            await self.store.retire(batch_id, self.config.batch_retention_days * 86400)
+        log.info("batch_abandoned", batch_id=batch_id, status=status, moved=moved)
 
     async def _advance(self, batch: BatchObject) -> None:
         now = self.clock()
@@ -283,6 +344,7 @@ class Coordinator:
                     endpoint=batch.endpoint,
                     settings=self.settings,
                     registry=self.registry,
+                    policy=self.policy,
                     seen=seen,
                 )
                 if isinstance(result, InvalidLine):

@@ -40,6 +40,11 @@ class BatchKeys:
         """Hash: custom_id → how many times a worker started it (crash detection)."""
         return f"{self.prefix}:batch:{{{batch_id}}}:starts"
 
+    def images(self, batch_id: str) -> str:
+        """Set: sha256 of the stored images the batch's items used (kept with the batch: the
+        thumbnail endpoint serves these and no others)."""
+        return f"{self.prefix}:batch:{{{batch_id}}}:images"
+
     def item_keys(self, batch_id: str) -> list[str]:
         """The per-item bookkeeping of a batch, dropped once its files are written."""
         return [

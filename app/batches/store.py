@@ -8,6 +8,8 @@ Contracts:
 - A worker may start an item only while its batch is `in_progress` and not sealed; the check
   and the `running` mark are one script, so after a cancel is acknowledged no item starts.
 - Sealing a batch (before its files are written) makes every later result write a no-op.
+- The images a batch references (for its thumbnails) are those of its written results, added
+  in the same script as the result.
 - Acknowledging a queue entry (XACK + XDEL) happens in the same script as the write or the
   retry it concludes, so a crash never loses an item that was not finished.
 """
@@ -37,8 +39,8 @@ from app.batches.models import (
 )
 from app.errors import ConflictError, InvalidRequestError, NotFoundError
 
-# KEYS: batch, results, running, stream.
-# ARGV: cid, record, kind, group, msg id, usage x4, worker, body size
+# KEYS: batch, results, running, stream, images.
+# ARGV: cid, record, kind, group, msg id, usage x4, worker, body size, image sha256s...
 _FINISH = """
 local function ack()
   if ARGV[5] ~= '' then
@@ -62,6 +64,7 @@ if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'reasoning_tokens', ARGV[8])
   redis.call('HINCRBY', KEYS[1], 'cached_tokens', ARGV[9])
   redis.call('HDEL', KEYS[3], ARGV[1])
+  for i = 12, #ARGV do redis.call('SADD', KEYS[5], ARGV[i]) end
   ack()
   return 'written'
 end
@@ -350,6 +353,7 @@ class BatchStore:
             pipe.delete(*self.keys.item_keys(batch_id))
             pipe.srem(self.keys.active(), batch_id)
             pipe.expire(self.keys.batch(batch_id), retention_seconds)
+            pipe.expire(self.keys.images(batch_id), retention_seconds)
             await pipe.execute()
 
     # ------------------------------------------------------------------ validation results
@@ -438,8 +442,13 @@ class BatchStore:
         *,
         worker: str,
         usage: dict[str, int] | None = None,
+        images: Sequence[str] = (),
     ) -> FinishOutcome:
-        """Store the item's one result (if it has none yet) and acknowledge the entry."""
+        """Store the item's one result (if it has none yet) and acknowledge the entry.
+
+        `images` (sha256s of the stored images the item used) become references of the batch
+        when, and only when, this result is the one written.
+        """
         k = self.keys
         usage = usage or {}
         outcome = await self._finish(
@@ -448,6 +457,7 @@ class BatchStore:
                 k.results(item.batch_id),
                 k.running(item.batch_id),
                 k.stream(),
+                k.images(item.batch_id),
             ],
             args=[
                 item.custom_id,
@@ -461,9 +471,14 @@ class BatchStore:
                 usage.get("cached_tokens", 0),
                 worker,
                 len(item.body),
+                *images,
             ],
         )
         return _s(outcome)  # type: ignore[return-value]
+
+    async def references_image(self, batch_id: str, sha256: str) -> bool:
+        """Whether one of the batch's results used the stored image `sha256`."""
+        return bool(await self.redis.sismember(self.keys.images(batch_id), sha256))
 
     async def retry_later(self, item: QueueItem, *, due: float, worker: str) -> bool:
         """Acknowledge the entry and park the item (next attempt) until `due` (epoch s)."""

@@ -5,6 +5,8 @@ whose body is a chat-completion request as `POST /v1/chat/completions` takes it 
 extensions such as `thinking_budget` and `server_tools` included). A batch item runs without
 a session and without streaming: `session_id` is refused, `stream` is ignored.
 
+A line is parsed with a bound on nesting (`app.jsonbody`): a deeper one is an `invalid_json`
+error of its line, never a failure later on (`orjson.dumps` refuses more than 254 levels).
 Each problem is reported for its line (`LineError` with the line number and, when it could be
 read, the custom_id); the rest of the file goes on.
 """
@@ -15,17 +17,18 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from app.agent.requests import parse_chat_request, run_config
 from app.batches.jsonl import Line
 from app.batches.models import LineError
 from app.config import Settings
 from app.errors import CascadeError
+from app.jsonbody import MAX_JSON_DEPTH, JsonBodyError, parse_json
 from app.sessions.models import SessionOptions
-from tools.registry import ToolRegistry
+from tools.registry import ToolPolicy, ToolRegistry
 
 MAX_CUSTOM_ID = 512
+# A line holds the request body one level down: the body may nest as deep as a chat body.
+LINE_MAX_DEPTH = MAX_JSON_DEPTH + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,18 +60,31 @@ def _bad(line: Line, code: str, message: str, param: str | None, cid: str | None
     )
 
 
+def load_line(line: Line) -> dict[str, Any]:
+    """The line as a JSON object; `JsonBodyError` (a message safe to show) if it is not one.
+
+    Nesting is bounded so that the body may nest exactly as deep as a chat request body may.
+    """
+    value = parse_json(line.data, max_depth=LINE_MAX_DEPTH)
+    if not isinstance(value, dict):
+        raise JsonBodyError("not a JSON object")
+    return value
+
+
+def usable_custom_id(data: dict[str, Any]) -> str | None:
+    cid = data.get("custom_id")
+    return cid if isinstance(cid, str) and 0 < len(cid) <= MAX_CUSTOM_ID else None
+
+
 def parse_line(line: Line) -> tuple[dict[str, Any] | None, str | None]:
     """The line as a JSON object and its custom_id if it has a usable one (for assembly)."""
     if line.too_long:
         return None, None
     try:
-        data = orjson.loads(line.data)
-    except orjson.JSONDecodeError:
+        data = load_line(line)
+    except JsonBodyError:
         return None, None
-    if not isinstance(data, dict):
-        return None, None
-    cid = data.get("custom_id")
-    return data, cid if isinstance(cid, str) and 0 < len(cid) <= MAX_CUSTOM_ID else None
+    return data, usable_custom_id(data)
 
 
 def check_line(
@@ -77,14 +93,21 @@ def check_line(
     endpoint: str,
     settings: Settings,
     registry: ToolRegistry | None,
+    policy: ToolPolicy,
     seen: set[int] | None,
 ) -> ValidItem | InvalidLine:
-    """Validate one line; `seen` collects custom_id digests to refuse duplicates."""
+    """Validate one line; `seen` collects custom_id digests to refuse duplicates.
+
+    `policy` is the operator's tool policy, the one chat requests run under: a body that chat
+    would refuse (a disabled server tool, say) is refused here with chat's message.
+    """
     if line.too_long:
         return _bad(line, "line_too_long", "the line is too long", None, None)
-    data, cid = parse_line(line)
-    if data is None:
-        return _bad(line, "invalid_json", "not a JSON object", None, None)
+    try:
+        data = load_line(line)
+    except JsonBodyError as exc:
+        return _bad(line, "invalid_json", str(exc), None, None)
+    cid = usable_custom_id(data)
     raw_cid = data.get("custom_id")
     if cid is None:
         if isinstance(raw_cid, str) and raw_cid:
@@ -113,7 +136,7 @@ def check_line(
         )
     try:
         req = parse_chat_request(body)
-        run_config(req, settings, SessionOptions(), registry)
+        run_config(req, settings, SessionOptions(), registry, policy)
     except CascadeError as exc:
         param = f"body.{exc.param}" if exc.param else "body"
         return _bad(line, "invalid_body", exc.message, param, cid)

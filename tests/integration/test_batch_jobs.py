@@ -20,6 +20,7 @@ from tests.integration.test_batch_support import (
     batch_api,
     read_lines,
     running_worker,
+    upload_jsonl,
 )
 from tests.media_server import MediaServer
 from tests.redis_server import RedisServer
@@ -223,3 +224,56 @@ async def test_one_url_asked_many_questions_is_fetched_once(
             for line in read_lines(client, done.output_file_id)
         }
         assert len(shas) == 1
+
+
+def image_line(custom_id: str, image: bytes) -> dict[str, Any]:
+    uri = "data:image/png;base64," + base64.b64encode(image).decode()
+    content = [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": "what?"}]
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"messages": [{"role": "user", "content": content}]},
+    }
+
+
+async def test_thumbnails_are_served_only_for_the_images_a_batch_used(
+    sim: SimHandle, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CASCADE_API_KEYS", "key-a,key-b")
+    sim.sim.add_rule(Rule(match=None, output="a square"))
+    with batch_api(sim, redis_server, tmp_path / "state") as api:
+        alice, bob = api.client("key-a"), api.client("key-b")
+        batches = {}
+        for name, client, colour in (("a", alice, (250, 0, 0)), ("b", bob, (0, 0, 250))):
+            file_id = upload_jsonl(client, [image_line(f"{name}-1", png(colour))])
+            batches[name] = client.batches.create(
+                input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+            ).id
+        shas = {}
+        async with running_worker(api.settings, api.config):
+            for name, client in (("a", alice), ("b", bob)):
+                done = await await_final(client, batches[name])
+                assert done.status == "completed"
+                [line] = read_lines(client, done.output_file_id)
+                shas[name] = line["response"]["body"]["cascade"]["images"][0]["sha256"]
+        assert shas["a"] != shas["b"]
+
+        def thumbnail(key: str, batch: str, sha: str) -> httpx.Response:
+            url = f"{api.url}/v1/batches/{batches[batch]}/images/{sha}"
+            return httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
+        unknown = await asyncio.to_thread(thumbnail, "key-b", "b", "0" * 64)
+        assert unknown.status_code == 404
+        # Each owner gets the images of their own batch ...
+        for key, name in (("key-a", "a"), ("key-b", "b")):
+            own = await asyncio.to_thread(thumbnail, key, name, shas[name])
+            assert own.status_code == 200 and own.headers["content-type"] == "image/jpeg"
+        # ... and never another's, through a batch they own: a 404 like an unknown image.
+        for key, name, other in (("key-b", "b", "a"), ("key-a", "a", "b")):
+            leaked = await asyncio.to_thread(thumbnail, key, name, shas[other])
+            assert leaked.status_code == 404
+            assert leaked.json() == unknown.json()
+        # Nor through the other's batch, which answers as a missing batch.
+        foreign = await asyncio.to_thread(thumbnail, "key-b", "a", shas["a"])
+        assert foreign.status_code == 404

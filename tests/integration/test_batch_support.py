@@ -27,6 +27,7 @@ from openai import OpenAI
 
 from app.api.app import create_app
 from app.batches.config import BatchSettings, load_batch_settings
+from app.batches.store import BatchStore
 from app.config import Settings, load_settings
 from tests.redis_server import RedisServer
 from tests.servers import serve_in_thread
@@ -34,7 +35,7 @@ from tests.sglang_sim.script import SimConfig
 from tests.sglang_sim.server import Simulator
 from tests.sglang_sim.testing import SimHandle, bind_socket, make_server
 from workers.consumer import BatchWorker
-from workers.main import opened_worker
+from workers.main import consume, opened_worker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,9 +75,15 @@ class BatchApp:
 
 @contextlib.contextmanager
 def batch_api(
-    sim: SimHandle | str, redis: RedisServer, state_dir: Path, **config: Any
+    sim: SimHandle | str,
+    redis: RedisServer,
+    state_dir: Path,
+    *,
+    store_type: type[BatchStore] = BatchStore,
+    **config: Any,
 ) -> Iterator[BatchApp]:
-    """cascade's API (with files and batches) on loopback; `sim` or a runtime URL."""
+    """cascade's API (with files and batches) on loopback; `sim` or a runtime URL;
+    `store_type`: the batch store class of its coordinator."""
     runtime_url = sim if isinstance(sim, str) else sim.url
     settings = load_settings(
         runtime_url=runtime_url,
@@ -88,6 +95,7 @@ def batch_api(
     batch_config = load_batch_settings(**{**FAST, **config})
     app = create_app(settings)
     app.state.batch_settings = batch_config
+    app.state.batch_store_type = store_type
     with serve_in_thread(app) as url:
         handle = BatchApp(url, app, settings, batch_config, redis.url)
         try:
@@ -99,16 +107,25 @@ def batch_api(
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    settings: Settings, config: BatchSettings, *, name: str = "test-worker"
+    settings: Settings,
+    config: BatchSettings,
+    *,
+    name: str = "test-worker",
+    store_type: type[BatchStore] = BatchStore,
 ) -> AsyncIterator[BatchWorker]:
-    """A `BatchWorker` consuming in this event loop for the `async with` block."""
+    """A `BatchWorker` consuming in this event loop for the `async with` block (supervised
+    as in `cascade worker`)."""
     assert settings.redis_url is not None
     client = aioredis.Redis.from_url(settings.redis_url)
+    store = store_type(client, prefix=config.key_prefix)
     try:
-        async with opened_worker(client, settings, config, name=name) as (worker, _):
+        async with opened_worker(client, settings, config, name=name, store=store) as (
+            worker,
+            _,
+        ):
             await client.set(worker.store.keys.worker(name), "alive", ex=60)
             stop = asyncio.Event()
-            task = asyncio.create_task(worker.run(stop))
+            task = asyncio.create_task(consume(worker, stop))
             try:
                 yield worker
             finally:

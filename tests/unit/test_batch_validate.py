@@ -10,7 +10,7 @@ import pytest
 from app.batches.jsonl import Line
 from app.batches.validate import InvalidLine, ValidItem, check_line
 from app.config import load_settings
-from tools.registry import ToolRegistry
+from tools.registry import ToolPolicy, ToolRegistry
 
 ENDPOINT = "/v1/chat/completions"
 
@@ -41,6 +41,7 @@ def check(data: Any, seen: set[int] | None = None) -> ValidItem | InvalidLine:
         endpoint=ENDPOINT,
         settings=load_settings(),
         registry=ToolRegistry(),
+        policy=ToolPolicy(),
         seen=seen if seen is not None else set(),
     )
 
@@ -125,6 +126,7 @@ def test_too_long_line() -> None:
         endpoint=ENDPOINT,
         settings=load_settings(),
         registry=None,
+        policy=ToolPolicy(),
         seen=set(),
     )
     assert isinstance(result, InvalidLine) and result.error.code == "line_too_long"
