@@ -33,7 +33,7 @@ def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
             return True
         children: Iterable[Any]
         if isinstance(item, dict):
-            children: Iterable[Any] = item.values()
+            children = item.values()
         elif isinstance(item, list):
             children = item
         else:

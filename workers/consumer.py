@@ -35,9 +35,9 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
-from app.agent.loop import AgentRun
-from app.agent.requests import normalise_messages, parse_chat_request, run_config
+from app.agent.requests import parse_chat_request
 from app.agent.responses import completion_body, completion_id
+from app.agent.turn import TurnServices, assemble_turn
 from app.batches.config import BatchSettings
 from app.batches.keys import GROUP
 from app.batches.lines import ResultRecord, failed_line, output_line
@@ -53,7 +53,6 @@ from app.jsonbody import JsonBodyError, parse_json
 from app.media.errors import FetchError, URLNotAllowedError
 from app.media.intake import ImageBudget
 from app.runtime.guard import Runtime
-from app.sessions.models import SessionOptions
 from tools.registry import ToolPolicy, ToolRegistry
 
 log = structlog.get_logger(__name__)
@@ -175,6 +174,14 @@ class BatchWorker:
         # The operator's tool policy (`Services.policy`, as the API's chat requests get it):
         # an item runs under it even if it was queued under another one.
         self.policy = policy
+        self.turn_services = TurnServices(
+            settings=settings,
+            runtime=runtime,
+            registry=registry,
+            policy=policy,
+            media=media,
+            redis=redis,
+        )
         self.priority = priority
         # Items kept in flight; `workers.tuning` may raise it once the runtime's slots are known.
         self.inflight = inflight or config.batch_inflight or 32
@@ -486,44 +493,15 @@ class BatchWorker:
         except JsonBodyError as exc:
             raise InvalidRequestError(f"the queued request body: {exc}", param="body") from None
         req = parse_chat_request(data)
-        config, policy = run_config(
-            req, self.settings, SessionOptions(), self.registry, self.policy
-        )
-        config.priority = self.priority
-        messages = normalise_messages(req.messages)
-        images: list[dict[str, Any]] = []
-        budget = ImageBudget.from_settings(self.media.settings) if self.media is not None else None
-        for message in messages:
-            content = message.get("content")
-            if isinstance(content, list) and any(
-                isinstance(p, dict) and p.get("type") in ("image_url", "input_image")
-                for p in content
-            ):
-                if self.images is None or budget is None:
-                    raise InvalidRequestError("images are not enabled on this server")
-                message["content"] = await self.images.ingest(
-                    content, owner=item.owner, budget=budget
-                )
-                images.extend(
-                    {k: p[k] for k in ("sha256", "width", "height")}
-                    for p in message["content"]
-                    if p.get("type") == "image_ref"
-                )
-        if self.settings.system_prompt and messages and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": self.settings.system_prompt})
-        run = AgentRun(
-            runtime=self.runtime,
-            registry=self.registry,
-            media=self.media,
-            history=[],
-            new_messages=messages,
-            config=config,
-            policy=policy,
+        turn = await assemble_turn(
+            self.turn_services,
+            req,
             owner=item.owner,
-            session_id=None,
-            redis=self.redis,
             stream=False,
+            priority=self.priority,
+            ingest=self.images.ingest if self.images is not None else None,
         )
+        run, images = turn.run, turn.images
         result = await run.run()
         model = req.model or await self.runtime.model_name()
         body = completion_body(result, cid=completion_id(), model=model, session_id=None)
