@@ -375,7 +375,8 @@ class SessionStore:
         """Hold this for a whole turn (load → run → append_turn).
 
         A second turn waits up to `turn_lock_wait` seconds, then gets `ConflictError`. The lock
-        is renewed while held and expires `turn_lock_ttl` seconds after a holder crashed.
+        is renewed while held and expires `turn_lock_ttl` seconds after a holder crashed; a
+        release that Redis could not take (down, frozen) is repeated as soon as Redis is back.
         """
         return RedisLock(
             self._redis,
