@@ -1,24 +1,102 @@
 """The Redis client every cascade process uses.
 
-Commands that fail on a broken connection (Redis restarted, a blip) are retried a few times
-with jittered backoff before the error surfaces: every write cascade makes is either
-idempotent or guarded by a version/lock check, so repeating one is safe.
+Contracts:
+- Every command is bounded: connecting gives up after `redis_connect_timeout` seconds and a
+  reply that does not come within `redis_socket_timeout` seconds fails the command with a
+  `TimeoutError`, so an unresponsive (paused, overloaded) Redis turns into a quick error
+  (503 `storage_unavailable` at the API) instead of a hang.
+- Commands that fail on a broken connection (Redis restarted, a blip, a refused connect) are
+  retried with jittered backoff, every write cascade makes being either idempotent or guarded by
+  a version/lock check. Retries stop `redis_retry_budget` seconds after the first attempt
+  started, so one call takes at most about the budget plus one attempt.
+- A timeout is not retried: the server may be alive but stuck, and waiting again only
+  multiplies the hang.
+
+Blocking commands (XREADGROUP with BLOCK) must block for less than `redis_socket_timeout`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
 import redis.asyncio as aioredis
+from pydantic import Field
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.settings_base import CascadeSettings
+
+T = TypeVar("T")
 
 
-def redis_client(url: str) -> aioredis.Redis:
+class RedisSettings(CascadeSettings):
+    """Field `x` is read from env `CASCADE_X`."""
+
+    redis_connect_timeout: float = Field(
+        default=1.0, gt=0, description="Seconds to open a connection to Redis."
+    )
+    redis_socket_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds a Redis command may wait for its reply before it fails.",
+    )
+    redis_retry_budget: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds after a command's first try during which connection errors "
+        "are retried.",
+    )
+
+
+class BoundedRetry(Retry):
+    """redis-py's retry with a deadline: no new attempt starts once `budget` seconds have
+    passed since the first one, whatever the attempt count left. The backoff must depend on
+    the failure count only (as redis-py's exponential ones do): it is never reset."""
+
+    def __init__(self, backoff: AbstractBackoff, retries: int, *, budget: float) -> None:
+        super().__init__(backoff, retries, supported_errors=(RedisConnectionError,))
+        self.budget = budget
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        deadline = time.monotonic() + self.budget
+        failures = 0
+        while True:
+            try:
+                return await do()
+            except self._supported_errors as error:
+                if is_retryable is not None and not is_retryable(error):
+                    raise
+                failures += 1
+                if with_failure_count:
+                    await fail(error, failures)
+                else:
+                    await fail(error)
+                backoff = self._backoff.compute(failures)
+                if failures > self._retries or time.monotonic() + backoff >= deadline:
+                    raise error
+                await asyncio.sleep(backoff)
+
+
+def redis_client(url: str, settings: RedisSettings | None = None) -> aioredis.Redis:
+    """A client for `url` with the timeouts and retry policy above (settings from env)."""
+    settings = settings or RedisSettings.load()
     return aioredis.Redis.from_url(
         url,
         decode_responses=False,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 4),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        socket_connect_timeout=settings.redis_connect_timeout,
+        socket_timeout=settings.redis_socket_timeout,
+        retry=BoundedRetry(
+            ExponentialWithJitterBackoff(base=0.05, cap=0.5), 4, budget=settings.redis_retry_budget
+        ),
         health_check_interval=30,
     )

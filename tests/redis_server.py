@@ -1,13 +1,17 @@
 """A real `redis-server` per test (or per module), on a free loopback port.
 
 Tests may kill it (`kill()`, SIGKILL) and start it again on the same port and data directory
-(`start()`), to check what survives a crash. AOF (`appendfsync always` here, so a test's
-acknowledged writes are on disk when it kills the server) is on unless `aof=False`.
+(`start()`), to check what survives a crash, or freeze it (`pause()`, SIGSTOP: the kernel still
+accepts connections but nothing answers) and thaw it (`resume()`, SIGCONT). AOF (`appendfsync
+always` here, so a test's acknowledged writes are on disk when it kills the server) is on unless
+`aof=False`.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -79,8 +83,19 @@ class RedisServer:
             self.proc.wait()
         self.proc = None
 
+    def pause(self) -> None:
+        """SIGSTOP: the server stops answering but keeps its port and its data."""
+        assert self.proc is not None and self.proc.poll() is None, "redis-server is not running"
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause()`."""
+        assert self.proc is not None and self.proc.poll() is None, "redis-server is not running"
+        os.kill(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # a paused server handles SIGTERM only then
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)

@@ -7,6 +7,7 @@ their own routers; this module wires them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,18 +32,24 @@ from app.config import Settings
 from app.media.config import MediaSettings
 from app.media.files_api import router as files_router
 from app.redis_client import redis_client
-from app.runtime import SGLangClient
+from app.runtime import RuntimeHealth, SGLangClient
 from app.runtime.guard import GuardedRuntime
 from app.services import open_services
 
 log = structlog.get_logger(__name__)
 
+# Seconds each readiness probe may take; they run side by side, so /readyz answers within this
+# whatever the client timeouts are (a probe that needs longer means "not ready" anyway).
+READY_PROBE_TIMEOUT = 1.5
+
 
 async def redis_state(client: aioredis.Redis | None) -> dict[str, Any]:
+    """Whether Redis answers a PING within `READY_PROBE_TIMEOUT` seconds; never raises."""
     if client is None:
         return {"ok": False, "detail": "CASCADE_REDIS_URL is not set"}
     try:
-        await client.ping()
+        async with asyncio.timeout(READY_PROBE_TIMEOUT):
+            await client.ping()
     except Exception as exc:  # any failure means "not ready"; the type is enough for the log
         log.warning("redis_unreachable", exc_type=type(exc).__name__)
         return {"ok": False, "detail": "not reachable"}
@@ -54,6 +61,14 @@ def chat_body_cap(http: HttpSettings, media: MediaSettings) -> int:
     if http.http_max_chat_body is not None:
         return http.http_max_chat_body
     return media.request_max_image_bytes * 4 // 3 + 4 * 1024 * 1024
+
+
+async def _runtime_health(client: SGLangClient) -> RuntimeHealth:
+    try:
+        async with asyncio.timeout(READY_PROBE_TIMEOUT):
+            return await client.health()
+    except TimeoutError:
+        return RuntimeHealth(reachable=False, healthy=False, detail="not answering")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -125,10 +140,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
-        """Readiness: the runtime is reachable and Redis answers; 503 names what is missing."""
+        """Readiness: the runtime is reachable and Redis answers; 503 names what is missing.
+
+        Both are probed at once, each for at most `READY_PROBE_TIMEOUT` seconds.
+        """
         client: SGLangClient = request.app.state.runtime_client
-        health = await client.health()
-        redis = await redis_state(request.app.state.redis)
+        health, redis = await asyncio.gather(
+            _runtime_health(client), redis_state(request.app.state.redis)
+        )
         runtime = {
             "ok": health.reachable,
             "reachable": health.reachable,

@@ -23,9 +23,12 @@ class SessionSettings(CascadeSettings):
         description="Seconds a second turn on a session waits for the first before a 409.",
     )
     turn_lock_ttl: float = Field(
-        default=30.0,
+        default=6.0,
         gt=0,
-        description="Seconds a turn lock outlives a crashed holder; renewed while held.",
+        description=(
+            "Seconds a turn lock outlives a holder that crashed or lost Redis (renewed every "
+            "ttl/3 while held); short, so a lock nobody could release frees the session soon."
+        ),
     )
     idempotency_ttl_hours: int = Field(
         default=24, ge=1, description="Hours a completed request's result is kept for retries."

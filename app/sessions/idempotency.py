@@ -5,6 +5,13 @@ One Redis hash per (owner, key): `state` (`pending` while the first attempt runs
 record expires after `idempotency_pending_ttl` so a crashed attempt cannot block its key for
 long; a done record lives `idempotency_ttl_hours`.
 
+A result is derived from its session, so it never outlives it: `complete` links the record to
+the session (a per-session set, emptied by `SessionStore.delete` in the same script that deletes
+the session) and stores the session's key in the record; `begin` drops a done record whose
+session is gone and lets the request run afresh (it then meets the missing session: 404). A
+turn whose session was deleted while it ran stores no result at all. (The record's key is not
+in the session's hash slot, so this assumes one Redis, not a cluster, like the owner index.)
+
 The caller's protocol:
 
     cached = await store.begin(owner, key, request_hash(body))
@@ -30,9 +37,14 @@ import redis.asyncio as aioredis
 
 from app.errors import ConflictError, UnprocessableError
 from app.sessions.config import SessionSettings
-from app.sessions.keys import Keys
+from app.sessions.keys import SESSION_ID_RE, Keys
 
+# ARGV = body hash, pending ttl, owner. A done record of a session that is gone is dropped.
 _BEGIN = """
+local session = redis.call('HGET', KEYS[1], 'session')
+if session and redis.call('HGET', session, 'owner') ~= ARGV[3] then
+  redis.call('DEL', KEYS[1])
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'state', 'pending', 'body_hash', ARGV[1])
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -41,16 +53,22 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS = record [, session info, session's idempotency links]
+# KEYS = record [, session info, session's idempotency links]; ARGV = result, ttl, owner.
+# Returns 1 when stored, 0 when the key was not pending, -1 when the session is gone.
 _COMPLETE = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'done', 'result', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if #KEYS == 3 and redis.call('HGET', KEYS[2], 'owner') == ARGV[3] then
+if #KEYS == 3 then
+  if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[3] then
+    redis.call('DEL', KEYS[1])
+    return -1
+  end
+  redis.call('HSET', KEYS[1], 'session', KEYS[2])
   redis.call('SADD', KEYS[3], KEYS[1])
   local ttl = redis.call('PTTL', KEYS[2])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
 end
+redis.call('HSET', KEYS[1], 'state', 'done', 'result', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
@@ -104,7 +122,7 @@ class IdempotencyStore:
         deadline = time.monotonic() + self.settings.idempotency_wait
         pending_ms = max(1, int(self.settings.idempotency_pending_ttl * 1000))
         while True:
-            reply: list[Any] = await self._begin(keys=[name], args=[body_hash, pending_ms])
+            reply: list[Any] = await self._begin(keys=[name], args=[body_hash, pending_ms, owner])
             if not reply:
                 return None
             it = iter(reply)
@@ -131,12 +149,19 @@ class IdempotencyStore:
     ) -> None:
         """Store the result of the request that owns `key`; later `begin`s return it.
 
-        With `session_id`, the record is linked to that session (of the same owner) so deleting
-        the session deletes the stored result too. A key that is no longer pending (its
-        reservation expired, or it was completed) is left as it is.
+        The result belongs to session `session_id` (by default the result's own top-level
+        `session_id`, as in cascade's completion bodies): deleting that session deletes the
+        result, and if the session is already gone (or another owner's) nothing is stored and
+        the key is released. A key that is no longer pending (its reservation expired, or it was
+        completed) is left as it is.
         """
         name = self.keys.idempotency(owner, key)
         keys = [name]
+        if session_id is None:
+            named = result.get("session_id")
+            session_id = (
+                named if isinstance(named, str) and SESSION_ID_RE.fullmatch(named) else None
+            )
         if session_id is not None:
             keys += [self.keys.info(session_id), self.keys.idempotency_links(session_id)]
         await self._complete(

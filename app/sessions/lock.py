@@ -4,6 +4,12 @@ Acquired with `SET key token NX PX ttl` (in a script); released and renewed by L
 act only while the key still holds this holder's random token, so a holder whose lock expired can
 never release or extend the next holder's lock. A crashed holder's lock expires after `ttl` seconds.
 
+A release (or an acquire) that fails because Redis is down or not answering cannot tell whether
+the lock is still there, so a background task owned by this module repeats the release until
+Redis answers: the lock is gone as soon as Redis is back, not only when its lease runs out. The
+task repeats the release once more after the first answer, because a command that timed out
+while Redis was frozen may still run when it thaws (a late acquire re-taking the lock).
+
 The lock keeps turns from overlapping; it is not what keeps the data consistent — the store's
 versioned append is (a holder that stalled past its ttl still cannot overwrite a newer turn).
 """
@@ -49,6 +55,15 @@ return 0
 # Seconds between attempts while waiting for a held lock.
 _POLL = 0.025
 
+# Background releases: first and longest pause between attempts, and how long they keep trying
+# beyond the lease (a frozen Redis that thaws later may still run a late acquire).
+_CLEANUP_BACKOFF = 0.05
+_CLEANUP_BACKOFF_MAX = 0.5
+_CLEANUP_EXTRA = 60.0
+
+# Running background releases; referenced here so they are not garbage-collected mid-way.
+_cleanups: set[asyncio.Task[None]] = set()
+
 
 class RedisLock:
     """An async context manager holding `key` for its body.
@@ -77,16 +92,32 @@ class RedisLock:
         self._code = code
         self._token = secrets.token_hex(16)
         self._renewer: asyncio.Task[None] | None = None
+        self._held = False
         self._acquire_script = redis.register_script(_ACQUIRE)
         self._release_script = redis.register_script(_RELEASE)
         self._renew_script = redis.register_script(_RENEW)
         self.lost = False
 
     async def acquire(self) -> None:
-        """Take the lock, waiting up to `wait` seconds; `ConflictError` if it stays held."""
+        """Take the lock, waiting up to `wait` seconds; `ConflictError` if it stays held.
+
+        A `RedisError` propagates; the attempt may still have taken the lock, so it is released
+        in the background once Redis answers.
+        """
+        self._token = secrets.token_hex(16)
+        self._held = False
         deadline = time.monotonic() + self._wait
         while True:
-            if await self._acquire_script(keys=[self._key], args=[self._token, self._ttl_ms]):
+            try:
+                taken = await self._acquire_script(
+                    keys=[self._key], args=[self._token, self._ttl_ms]
+                )
+            except RedisError as exc:
+                log.warning("lock_acquire_failed", key=self._key, exc_type=type(exc).__name__)
+                self._release_later(self._token)
+                raise
+            if taken:
+                self._held = True
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -96,17 +127,44 @@ class RedisLock:
         self._renewer = asyncio.create_task(self._renew_forever(), name=f"renew {self._key}")
 
     async def release(self) -> None:
-        """Stop renewing and delete the lock if it is still ours."""
+        """Stop renewing and delete the lock if it is still ours. Never raises `RedisError`;
+        without a successful `acquire` (a failed one cleans up on its own) it does nothing."""
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
+        held, self._held = self._held, False
+        if not held:
+            return
         try:
             await self._release_script(keys=[self._key], args=[self._token])
         except RedisError as exc:
-            # The lock then expires on its own within its ttl.
             log.warning("lock_release_failed", key=self._key, exc_type=type(exc).__name__)
+            self._release_later(self._token)
+
+    def _release_later(self, token: str) -> None:
+        """Release `token`'s hold in a background task until Redis answers (see the module
+        docstring). A later acquire uses a new token, so this never frees that one's hold."""
+        task = asyncio.create_task(self._release_when_back(token), name=f"release {self._key}")
+        _cleanups.add(task)
+        task.add_done_callback(_cleanups.discard)
+
+    async def _release_when_back(self, token: str) -> None:
+        give_up = time.monotonic() + self._ttl_ms / 1000 + _CLEANUP_EXTRA
+        pause = _CLEANUP_BACKOFF
+        answered = 0
+        while answered < 2 and time.monotonic() < give_up:
+            try:
+                await self._release_script(keys=[self._key], args=[token])
+                answered += 1
+                continue
+            except RedisError:
+                pass  # still away; logged once by the caller
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _CLEANUP_BACKOFF_MAX)
+        if answered:
+            log.info("lock_released_late", key=self._key)
 
     async def _renew_forever(self) -> None:
         interval = self._ttl_ms / 3000
@@ -117,7 +175,7 @@ class RedisLock:
                     keys=[self._key], args=[self._token, self._ttl_ms]
                 )
             except RedisError as exc:
-                # Try again next tick; the ttl leaves room for two misses.
+                # Try again next tick; a Redis away for longer than the ttl loses the lock.
                 log.warning("lock_renew_failed", key=self._key, exc_type=type(exc).__name__)
                 continue
             if not renewed:

@@ -83,12 +83,14 @@ redis.call('ZADD', KEYS[4], ARGV[3], ARGV[5])
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
 """
 
+# The linked idempotency records go in the same script: a replay never finds a result of a
+# deleted session. (Their names come from the set, not KEYS: cascade runs on one Redis.)
 _DELETE = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
-local linked = redis.call('SMEMBERS', KEYS[3])
+for _, record in ipairs(redis.call('SMEMBERS', KEYS[3])) do redis.call('DEL', record) end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[2])
-return {'ok', linked}
+return {'ok'}
 """
 
 # KEYS = owner index. A page of ids after the cursor id, newest first; nil if the cursor is not
@@ -337,7 +339,7 @@ class SessionStore:
 
     async def delete(self, session_id: str, owner: str) -> None:
         """Remove the session and everything stored about it (messages, linked idempotency
-        results). `NotFoundError` if it does not exist."""
+        results), atomically. `NotFoundError` if it does not exist."""
         if not SESSION_ID_RE.fullmatch(session_id):
             raise _not_found(session_id)
         reply: list[Any] = await self._delete(
@@ -345,9 +347,6 @@ class SessionStore:
         )
         if _text(reply[0]) != "ok":
             raise _not_found(session_id)
-        linked = [_text(name) for name in reply[1]]
-        if linked:
-            await self._redis.delete(*linked)
 
     async def fork(self, session_id: str, owner: str, *, upto: int | None = None) -> SessionInfo:
         """A new session of `owner` holding the first `upto` messages (None = all) of this one,
@@ -376,7 +375,8 @@ class SessionStore:
         """Hold this for a whole turn (load → run → append_turn).
 
         A second turn waits up to `turn_lock_wait` seconds, then gets `ConflictError`. The lock
-        is renewed while held and expires `turn_lock_ttl` seconds after a holder crashed.
+        is renewed while held and expires `turn_lock_ttl` seconds after a holder crashed; a
+        release that Redis could not take (down, frozen) is repeated as soon as Redis is back.
         """
         return RedisLock(
             self._redis,

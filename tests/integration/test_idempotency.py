@@ -153,3 +153,40 @@ async def test_result_is_linked_only_to_the_owners_session(client: aioredis.Redi
 async def test_unusable_keys_are_422(client: aioredis.Redis, key: str) -> None:
     with pytest.raises(UnprocessableError):
         await IdempotencyStore(client).begin(OWNER, key, "h")
+
+
+async def test_a_result_is_linked_to_the_session_its_body_names(client: aioredis.Redis) -> None:
+    sessions = SessionStore(client)
+    session = await sessions.create(OWNER)
+    store = IdempotencyStore(client)
+    assert await store.begin(OWNER, "k", "h") is None
+    await store.complete(OWNER, "k", {**RESULT, "session_id": session.id})
+    linked = await client.smembers(sessions.keys.idempotency_links(session.id))
+    assert linked == {store.keys.idempotency(OWNER, "k").encode()}
+    await sessions.delete(session.id, OWNER)
+    assert await client.exists(store.keys.idempotency(OWNER, "k")) == 0
+    assert await store.begin(OWNER, "k", "h") is None  # runs afresh
+
+
+async def test_a_turn_whose_session_was_deleted_meanwhile_stores_no_result(
+    client: aioredis.Redis,
+) -> None:
+    sessions = SessionStore(client)
+    session = await sessions.create(OWNER)
+    store = IdempotencyStore(client)
+    assert await store.begin(OWNER, "k", "h") is None
+    await sessions.delete(session.id, OWNER)  # while the turn runs
+    await store.complete(OWNER, "k", RESULT, session_id=session.id)
+    assert await client.exists(store.keys.idempotency(OWNER, "k")) == 0
+    assert await store.begin(OWNER, "k", "h") is None
+
+
+async def test_a_result_of_a_vanished_session_is_not_replayed(client: aioredis.Redis) -> None:
+    sessions = SessionStore(client)
+    session = await sessions.create(OWNER)
+    store = IdempotencyStore(client)
+    assert await store.begin(OWNER, "k", "h") is None
+    await store.complete(OWNER, "k", RESULT, session_id=session.id)
+    await client.delete(*sessions.keys.session_keys(session.id))  # expired, or deleted by hand
+    assert await store.begin(OWNER, "k", "h") is None  # the caller now meets the missing session
+    assert await client.hget(store.keys.idempotency(OWNER, "k"), "state") == b"pending"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from app.api.app import create_app
 from tests.integration.conftest import Cascade, cascade_settings
@@ -215,3 +217,119 @@ def test_redis_down_is_a_503_and_a_redis_restart_needs_no_api_restart(
     assert again.status_code == 200, again.text
     messages = httpx.get(f"{cascade.url}/v1/sessions/{session_id}").json()["messages"]
     assert [m["content"] for m in messages][-2:] == ["after the restart", "ok"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_deleting_a_session_deletes_its_idempotent_replays(
+    cascade: Cascade, sim: SimHandle, redis_server: RedisServer, stream: bool
+) -> None:
+    sim.sim.add_rule(Rule(match="secret", output="the secret is tangerine"))
+    session_id = new_session(cascade.url)
+    headers = {"idempotency-key": "replay-after-delete"}
+    options = {"body": {"stream": stream}, "headers": headers}
+    first = turn(cascade.url, session_id, "tell me the secret", **options)
+    assert first.status_code == 200, first.text
+    assert "tangerine" in first.text or stream  # streamed text comes in pieces
+    assert httpx.delete(f"{cascade.url}/v1/sessions/{session_id}").status_code == 200
+    calls = len(sim.sim.requests)
+
+    replay = turn(cascade.url, session_id, "tell me the secret", **options)
+
+    assert replay.status_code == 404, replay.text
+    assert replay.json()["error"]["code"] == "session_not_found"
+    assert "tangerine" not in replay.text and "idempotent-replayed" not in replay.headers
+    assert len(sim.sim.requests) == calls  # ran as a fresh request: no model call
+    with redis.Redis.from_url(redis_server.url) as raw:
+        left = [name.decode() for name in raw.keys("*")]
+    assert [name for name in left if session_id in name or ":idem:" in name] == []
+
+
+def test_a_turn_cut_by_a_redis_crash_leaves_the_session_usable_once_redis_is_back(
+    cascade: Cascade, sim: SimHandle, redis_server: RedisServer
+) -> None:
+    sim.sim.add_rule(Rule(match="long", output="word " * 150, tpot=0.01))
+    sim.sim.add_rule(Rule(match="after", output="fine"))
+    session_id = new_session(cascade.url)
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "a long answer please"}],
+        "session_id": session_id,
+        "stream": True,
+    }
+    with httpx.stream("POST", cascade.url + CHAT, json=body, timeout=30) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        next(line for line in lines if '"content"' in line)  # the turn holds its lock now
+        redis_server.kill()  # the lock stays in the AOF; its holder cannot release it
+        with contextlib.suppress(httpx.RemoteProtocolError):  # the turn ends, its commit failed
+            for _ in lines:
+                pass
+    redis_server.start()
+    started = time.monotonic()
+    again = turn(cascade.url, session_id, "after the crash")
+    elapsed = time.monotonic() - started
+    assert again.status_code == 200, again.text
+    assert elapsed < 2.0  # within the turn lock wait: the lock was released, not left to expire
+
+
+def test_a_turn_frozen_by_a_paused_redis_leaves_the_session_usable_once_redis_is_back(
+    cascade: Cascade, sim: SimHandle, redis_server: RedisServer
+) -> None:
+    sim.sim.add_rule(Rule(match="long", output="word " * 150, tpot=0.01))
+    sim.sim.add_rule(Rule(match="after", output="fine"))
+    session_id = new_session(cascade.url)
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "a long answer please"}],
+        "session_id": session_id,
+        "stream": True,
+    }
+    with httpx.stream("POST", cascade.url + CHAT, json=body, timeout=30) as response:
+        lines = response.iter_lines()
+        next(line for line in lines if '"content"' in line)
+        redis_server.pause()  # the commit, the lock's renewal and its release all time out
+        with contextlib.suppress(httpx.RemoteProtocolError):
+            for _ in lines:
+                pass
+    redis_server.resume()  # commands that timed out while frozen may run now
+    started = time.monotonic()
+    again = turn(cascade.url, session_id, "after the pause")
+    elapsed = time.monotonic() - started
+    assert again.status_code == 200, again.text
+    assert elapsed < 2.0  # within the turn lock wait
+
+
+def test_paused_redis_fails_fast_and_recovers(
+    cascade: Cascade, sim: SimHandle, redis_server: RedisServer
+) -> None:
+    sim.sim.add_rule(Rule(output="ok"))
+    session_id = new_session(cascade.url)
+    redis_server.pause()
+    try:
+        started = time.monotonic()
+        ready = httpx.get(f"{cascade.url}/readyz", timeout=30)
+        ready_seconds = time.monotonic() - started
+        assert ready.status_code == 503
+        assert ready.json()["redis"]["ok"] is False
+        assert ready.json()["runtime"]["ok"] is True
+        assert ready_seconds < 2.0
+
+        for method, path in [("GET", "/v1/sessions"), ("GET", f"/v1/sessions/{session_id}")]:
+            started = time.monotonic()
+            down = httpx.request(method, cascade.url + path, timeout=30)
+            assert time.monotonic() - started < 3.0, path
+            assert down.status_code == 503, path
+            assert down.json()["error"]["code"] == "storage_unavailable"
+            assert int(down.headers["retry-after"]) >= 1
+
+        started = time.monotonic()
+        busy = turn(cascade.url, session_id, "while redis is frozen")
+        assert time.monotonic() - started < 3.0
+        assert busy.status_code == 503
+        assert busy.json()["error"]["code"] == "storage_unavailable"
+    finally:
+        redis_server.resume()
+    assert httpx.get(f"{cascade.url}/readyz", timeout=5).status_code == 200
+    assert httpx.get(f"{cascade.url}/v1/sessions", timeout=5).status_code == 200
+    again = turn(cascade.url, session_id, "after the thaw")
+    assert again.status_code == 200, again.text

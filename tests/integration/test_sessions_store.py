@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from app.errors import ConfigError, ConflictError, NotFoundError, UnprocessableError
+from app.redis_client import RedisSettings, redis_client
 from app.sessions import (
     SessionOptions,
     SessionSettings,
@@ -547,3 +548,49 @@ def test_settings_come_from_cascade_env(monkeypatch: pytest.MonkeyPatch) -> None
 def test_stored_messages_are_orjson_documents() -> None:
     # the list holds what orjson makes of a message, so any JSON reader can export it
     assert orjson.loads(orjson.dumps(history()[1])) == history()[1]
+
+
+async def _wait_until_free(client: aioredis.Redis, key: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while await client.exists(key):
+        assert time.monotonic() < deadline, "the lock was not released"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_release_that_fails_while_redis_is_down_happens_once_it_is_back(
+    redis_server: RedisServer,
+) -> None:
+    client = redis_client(redis_server.url)
+    try:
+        # a long lease: only the late release can free the lock within the bound below
+        store = SessionStore(client, SessionSettings(turn_lock_ttl=30.0, turn_lock_wait=0.0))
+        session = await store.create(OWNER)
+        lock = store.turn_lock(session.id)
+        await lock.__aenter__()
+        redis_server.kill()  # the lock is in the AOF
+        await lock.__aexit__(None, None, None)  # cannot reach Redis: no error, retried later
+        redis_server.start()
+        await _wait_until_free(client, store.keys.lock(session.id), 3.0)
+    finally:
+        await client.aclose()
+
+
+async def test_an_acquire_cut_by_a_frozen_redis_leaves_no_lock_behind(
+    redis_server: RedisServer,
+) -> None:
+    client = redis_client(redis_server.url, RedisSettings(redis_socket_timeout=0.3))
+    try:
+        store = SessionStore(client, SessionSettings(turn_lock_ttl=30.0, turn_lock_wait=2.0))
+        session = await store.create(OWNER)
+        redis_server.pause()
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.TimeoutError):
+            async with store.turn_lock(session.id):
+                pass
+        assert time.monotonic() - started < 1.0  # one socket timeout, no retries of it
+        redis_server.resume()  # the SET that timed out may still run now
+        started = time.monotonic()
+        async with store.turn_lock(session.id):
+            assert time.monotonic() - started < 2.0
+    finally:
+        await client.aclose()
