@@ -28,7 +28,7 @@ from app.batches.keys import GROUP, BatchKeys
 from app.batches.store import BatchStore
 from app.batches.supervise import supervise
 from app.config import Settings
-from app.redis_client import redis_client
+from app.redis_client import RedisSettings, redis_client
 from app.runtime import build_runtime
 from app.runtime.client import SGLangClient
 from app.services import open_services
@@ -90,6 +90,16 @@ async def _track_runtime(worker: BatchWorker, config: BatchSettings, client: SGL
         await asyncio.sleep(RUNTIME_REFRESH if info is not None else 5.0)
 
 
+def worker_redis_settings(config: BatchSettings) -> RedisSettings:
+    """The Redis client settings of a worker: a reply timeout that outlasts the queue read's
+    BLOCK, so an idle read is never mistaken for a frozen Redis."""
+    redis = RedisSettings.load()
+    floor = config.batch_block_ms / 1000 + 1.0
+    if redis.redis_socket_timeout >= floor:
+        return redis
+    return redis.model_copy(update={"redis_socket_timeout": floor})
+
+
 async def run_worker(
     settings: Settings, *, name: str | None = None, config: BatchSettings | None = None
 ) -> int:
@@ -102,7 +112,7 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    client = redis_client(settings.redis_url)
+    client = redis_client(settings.redis_url, worker_redis_settings(config))
     try:
         async with opened_worker(
             client, settings, config, name=name, inflight=inflight_target(config, None)

@@ -211,7 +211,12 @@ class Turn:
         """The turn is committed: record its replay (best effort) and release. Once."""
         if self.idempotency_key:
             try:
-                await self.state.idempotency.complete(self.owner, self.idempotency_key, body)
+                await self.state.idempotency.complete(
+                    self.owner,
+                    self.idempotency_key,
+                    body,
+                    session_id=self.info.id if self.info is not None else None,
+                )
                 self.idempotency_key = None
             except RedisError as exc:
                 # The turn is stored; only the replay is lost (`close` drops the pending key).

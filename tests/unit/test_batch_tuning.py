@@ -93,3 +93,14 @@ def test_backoff_grows_with_jitter_and_a_cap() -> None:
 )
 def test_which_failures_are_retried(error: Any, permanent: bool) -> None:
     assert is_permanent(error) is permanent
+
+
+def test_a_workers_redis_reply_timeout_outlasts_its_queue_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.batches.config import BatchSettings
+    from workers.main import worker_redis_settings
+
+    monkeypatch.setenv("CASCADE_REDIS_SOCKET_TIMEOUT", "2")
+    assert worker_redis_settings(BatchSettings(batch_block_ms=500)).redis_socket_timeout == 2
+    assert worker_redis_settings(BatchSettings(batch_block_ms=5000)).redis_socket_timeout == 6
