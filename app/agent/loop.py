@@ -1,8 +1,8 @@
 """The agent loop: history + new input → runtime → tool calls? → tools → runtime … → answer.
 
-One `AgentRun` is one client request. It is a small state machine whose step results are
-`Final`, `RunTools`, `ClientTools` or `Interrupted` (see `app.agent.models`); `events()` drives it
-and yields stream events, ending with `RunDone`. Contracts:
+One `AgentRun` is one client request. Each model call is decided into a typed step (`Final`,
+`RunTools`, `Repair`; see `app.agent.models`) that `events()` matches on; the run ends in a
+typed `RunEnd` (`Final`, `ClientTools`, `Paused`, `MaxSteps`) carried by `RunDone`. Contracts:
 
 - one thinking budget covers the whole run: each step gets what earlier steps left;
 - server tools run concurrently, each under its own timeout and output cap (the registry's);
@@ -18,7 +18,6 @@ and yields stream events, ending with `RunDone`. Contracts:
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
@@ -29,11 +28,19 @@ import structlog
 from app.agent.models import (
     AgentEvent,
     ClientToolCallDelta,
+    ClientTools,
     ContentDelta,
+    Final,
+    MaxSteps,
+    Paused,
     ReasoningDelta,
+    Repair,
     RunConfig,
     RunDone,
+    RunEnd,
     RunResult,
+    RunTools,
+    Step,
     ToolProgress,
 )
 from app.agent.prompt import ImageSource, image_refs, runtime_messages
@@ -339,18 +346,60 @@ class AgentRun:
             and (c.get("function") or {}).get("name") in self.server_names
         ]
 
+    def _decide(self, completion: Completion) -> Step:
+        """Turn one model call into a step, and append its assistant message."""
+        calls = [c for c in completion.tool_calls if c.function.name]
+        content = completion.content
+        reasoning = completion.reasoning_content
+        problems: list[str] = []
+        if len(calls) < len(completion.tool_calls):
+            problems.append("a tool call without a function name")
+        for field_name in ("content", "reasoning"):
+            text = content if field_name == "content" else reasoning
+            if not has_call_markup(text):
+                continue
+            found = extract_calls(text or "", self.tool_params)
+            calls.extend(found.calls)
+            problems.extend(found.problems)
+            if field_name == "content":
+                content = found.remaining_text
+            if found.calls:
+                log.info("tool_call_repaired", where=field_name, count=len(found.calls))
+        if not calls and not problems and swallowed(completion, bool(self.tool_defs)):
+            problems.append("the runtime could not read it (no answer text and no valid tool call)")
+        assistant: dict[str, Any] = {
+            "role": "assistant",
+            "content": content,
+            "reasoning_content": reasoning,
+        }
+        if calls:
+            assistant["tool_calls"] = [c.model_dump() for c in calls]
+        if completion.finish_reason == "length":
+            assistant["meta"] = {"truncated": True}
+        self.produced.append(assistant)
+        if problems and not calls:
+            return Repair(problems)
+        if not calls:
+            # No call in the message: the finish reason says so, whatever the runtime said.
+            finish = "length" if completion.finish_reason == "length" else "stop"
+            return Final(content, reasoning, finish)
+        return RunTools(
+            server=[c for c in calls if c.function.name not in self.client_names],
+            client=[c for c in calls if c.function.name in self.client_names],
+            content=content,
+            reasoning=reasoning,
+        )
+
     async def events(self) -> AsyncGenerator[AgentEvent, None]:
+        """Drive the run: stream events, then `RunDone` with how it ended (see `RunEnd`)."""
         repair_tried = False
-        outcome = "max_steps"
-        client_calls: list[ToolCall] = []
-        final_content = ""
-        final_reasoning: str | None = None
-        finish = "length"
-        resumed = self.resumed
-        if resumed:
-            async for event in self._execute(resumed):
+        end: RunEnd | None = None
+        if self.resumed:
+            async for event in self._execute(self.resumed):
                 yield event
-        while self.pending is None and self.steps < self.config.max_steps:
+            if self.pending is not None:
+                end = Paused(self.pending)
+        while end is None and self.steps < self.config.max_steps:
             self.steps += 1
             messages = await runtime_messages([*self.history, *self.produced], self.media)
             completion: Completion | None = None
@@ -366,96 +415,52 @@ class AgentRun:
             self.thinking_used += completion.thinking.used
             self.guard_closed = self.guard_closed or completion.thinking.closed_by_guard
 
-            calls = [c for c in completion.tool_calls if c.function.name]
-            content = completion.content
-            reasoning = completion.reasoning_content
-            problems: list[str] = []
-            if len(calls) < len(completion.tool_calls):
-                problems.append("a tool call without a function name")
-            for field_name in ("content", "reasoning"):
-                text = content if field_name == "content" else reasoning
-                if not has_call_markup(text):
-                    continue
-                found = extract_calls(text or "", self.tool_params)
-                calls.extend(found.calls)
-                problems.extend(found.problems)
-                if field_name == "content":
-                    content = found.remaining_text
-                if found.calls:
-                    log.info("tool_call_repaired", where=field_name, count=len(found.calls))
-            if not calls and not problems and swallowed(completion, bool(self.tool_defs)):
-                problems.append(
-                    "the runtime could not read it (no answer text and no valid tool call)"
-                )
-            assistant: dict[str, Any] = {
-                "role": "assistant",
-                "content": content,
-                "reasoning_content": reasoning,
-            }
-            if calls:
-                assistant["tool_calls"] = [c.model_dump() for c in calls]
-            if completion.finish_reason == "length":
-                assistant["meta"] = {"truncated": True}
-            self.produced.append(assistant)
-
-            if problems and not calls and not repair_tried:
-                repair_tried = True
-                log.info("tool_call_unusable", problems=problems)
-                self.produced.append(
-                    {
-                        "role": "user",
-                        "content": REPAIR_HINT.format(problems="; ".join(problems)),
-                    }
-                )
-                continue
-            if not calls:
-                outcome = "final"
-                final_content, final_reasoning = content, reasoning
-                finish = completion.finish_reason
-                break
-
-            client_calls = [c for c in calls if c.function.name in self.client_names]
-            server_side = [c for c in calls if c.function.name not in self.client_names]
-            if self.stream and client_calls:
-                # Calls repaired from text were not streamed as deltas: send them whole.
-                already = self._streamed_client_calls
-                for offset, call in enumerate(client_calls[already:]):
-                    yield ClientToolCallDelta(
-                        already + offset, call.id, call.function.name, call.function.arguments
-                    )
-            if server_side:
-                async for event in self._execute(server_side):
-                    yield event
-            if self.pending is not None:
-                outcome = "confirmation_required"
-                finish = "tool_calls"
-                break
-            if client_calls:
-                outcome = "client_tools"
-                finish = "tool_calls"
-                final_content, final_reasoning = content, reasoning
-                break
-        if self.pending is not None:
-            outcome, finish = "confirmation_required", "tool_calls"
-        if outcome == "max_steps":
+            match self._decide(completion):
+                case Repair(problems) if not repair_tried:
+                    repair_tried = True
+                    log.info("tool_call_unusable", problems=problems)
+                    hint = REPAIR_HINT.format(problems="; ".join(problems))
+                    self.produced.append({"role": "user", "content": hint})
+                case Repair():
+                    # The retry was unusable too: the run ends with what the model said.
+                    last = self.produced[-1]
+                    end = Final(last["content"], last["reasoning_content"], "stop")
+                case Final() as final:
+                    end = final
+                case RunTools(server=server, client=client, content=content, reasoning=reasoning):
+                    if self.stream and client:
+                        # Calls repaired from text were not streamed as deltas: send them whole.
+                        already = self._streamed_client_calls
+                        for offset, call in enumerate(client[already:]):
+                            yield ClientToolCallDelta(
+                                already + offset,
+                                call.id,
+                                call.function.name,
+                                call.function.arguments,
+                            )
+                    if server:
+                        async for event in self._execute(server):
+                            yield event
+                    if self.pending is not None:
+                        end = Paused(self.pending)
+                    elif client:
+                        end = ClientTools(client, content, reasoning)
+        if end is None:
             log.warning("agent_max_steps", steps=self.steps)
-            final_content = (
+            text = (
                 f"[cascade] Stopped after {self.steps} tool steps without a final answer "
                 "(max_steps reached)."
             )
             self.produced.append(
-                {"role": "assistant", "content": final_content, "meta": {"outcome": "max_steps"}}
+                {"role": "assistant", "content": text, "meta": {"outcome": "max_steps"}}
             )
             if self.stream:
-                yield ContentDelta(final_content)
+                yield ContentDelta(text)
+            end = MaxSteps(self.steps, text)
         yield RunDone(
             RunResult(
-                outcome=outcome,  # type: ignore[arg-type]
-                content=final_content,
-                reasoning=final_reasoning,
+                end=end,
                 new_messages=list(self.produced),
-                client_tool_calls=client_calls if outcome == "client_tools" else [],
-                finish_reason=finish,
                 usage=self.usage,
                 thinking=ThinkingReport(
                     enabled=self.config.thinking,
@@ -464,7 +469,6 @@ class AgentRun:
                     closed_by_guard=self.guard_closed,
                 ),
                 steps=self.steps,
-                pending_confirmation=self.pending,
             )
         )
 
@@ -484,15 +488,6 @@ def swallowed(completion: Completion, tools_offered: bool) -> bool:
         return False
     usage = completion.usage
     return usage.completion_tokens > usage.reasoning_tokens + 1
-
-
-def tool_result_text(value: Any) -> str:
-    """Client-provided tool output as text for the model (strings as is, the rest as JSON)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return " ".join(p.get("text", "") for p in value if isinstance(p, dict))
-    return json.dumps(value, ensure_ascii=False)
 
 
 def open_pause(

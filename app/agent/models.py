@@ -1,14 +1,22 @@
 """The agent loop's inputs, step results, events and outcome.
 
 A run takes the stored history plus new input, and produces the messages to append (assistant
-turns with reasoning kept apart, server tool calls and their results) and an outcome:
+turns with reasoning kept apart, server tool calls and their results) and how it ended.
 
-- `final`: the model answered;
-- `client_tools`: the model called tools the client declared; they are returned to the client
-  in OpenAI form and the run resumes when the client sends `role: "tool"` results;
-- `max_steps`: the step cap was reached before an answer;
-- `confirmation_required`: a `write` tool needs the user's OK before it runs;
-- `interrupted`: the client went away mid-run (the runtime request was aborted).
+Each model call of the loop is decided into one `Step`:
+
+- `Final`: the model answered (no tool call);
+- `RunTools`: the model called tools; the server-side ones run now, then either the loop goes
+  on, or the run ends because a client tool was called or a write call waits for the user;
+- `Repair`: the model's tool call could not be used; it is told why and tries once more.
+
+A run ends (`RunResult.end`) in one of:
+
+- `Final`: the model answered;
+- `ClientTools`: the model called tools the client declared; they are returned to the client in
+  OpenAI form and the run resumes when the client sends `role: "tool"` results;
+- `Paused`: a `write` tool needs the user's OK before it runs (`confirm_tool_calls`);
+- `MaxSteps`: the step cap was reached before an answer.
 """
 
 from __future__ import annotations
@@ -16,22 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.errors import CascadeError
 from app.runtime.models import ThinkingReport, ToolCall, Usage
 
-Outcome = Literal["final", "client_tools", "max_steps", "confirmation_required", "interrupted"]
-
-
-class MaxStepsExceeded(CascadeError):
-    """The run used all its steps on tool calls without an answer (stored as outcome)."""
-
-    status = 200
-    code = "max_steps"
+Outcome = Literal["final", "client_tools", "max_steps", "confirmation_required"]
 
 
 @dataclass
 class RunConfig:
-    """Everything a run needs besides the conversation. Built by the API from the request."""
+    """Everything a run needs besides the conversation. Built by the turn engine."""
 
     thinking: bool = False
     thinking_budget: int | None = None  # granted for the whole run (all steps)
@@ -54,24 +54,44 @@ class RunConfig:
 class Final:
     content: str
     reasoning: str | None
+    finish_reason: str  # stop | length
 
 
 @dataclass
 class RunTools:
-    calls: list[ToolCall]
+    server: list[ToolCall]
+    client: list[ToolCall]
+    content: str
+    reasoning: str | None
+
+
+@dataclass
+class Repair:
+    problems: list[str]
+
+
+Step = Final | RunTools | Repair
 
 
 @dataclass
 class ClientTools:
     calls: list[ToolCall]
+    content: str
+    reasoning: str | None
 
 
 @dataclass
-class Interrupted:
-    reason: str
+class Paused:
+    pending: dict[str, Any]  # pause_id, the first call's call_id/tool/arguments, all calls
 
 
-Step = Final | RunTools | ClientTools | Interrupted
+@dataclass
+class MaxSteps:
+    steps: int
+    content: str
+
+
+RunEnd = Final | ClientTools | Paused | MaxSteps
 
 
 # ----------------------------------------------------------------------------- stream events
@@ -109,16 +129,58 @@ class ToolProgress:
 
 @dataclass
 class RunResult:
-    outcome: Outcome
-    content: str
-    reasoning: str | None
+    end: RunEnd
     new_messages: list[dict[str, Any]]  # to append to the session, in order
-    client_tool_calls: list[ToolCall]
-    finish_reason: str
     usage: Usage
     thinking: ThinkingReport
     steps: int
-    pending_confirmation: dict[str, Any] | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        match self.end:
+            case Final():
+                return "final"
+            case ClientTools():
+                return "client_tools"
+            case Paused():
+                return "confirmation_required"
+            case MaxSteps():
+                return "max_steps"
+
+    @property
+    def content(self) -> str:
+        match self.end:
+            case Final(content=text) | ClientTools(content=text) | MaxSteps(content=text):
+                return text
+            case Paused():
+                return ""
+
+    @property
+    def reasoning(self) -> str | None:
+        match self.end:
+            case Final(reasoning=text) | ClientTools(reasoning=text):
+                return text
+            case _:
+                return None
+
+    @property
+    def finish_reason(self) -> str:
+        """Always matches the message: `tool_calls` only when it carries tool calls."""
+        match self.end:
+            case Final(finish_reason=reason):
+                return reason
+            case ClientTools() | Paused():
+                return "tool_calls"
+            case MaxSteps():
+                return "length"
+
+    @property
+    def client_tool_calls(self) -> list[ToolCall]:
+        return self.end.calls if isinstance(self.end, ClientTools) else []
+
+    @property
+    def pending_confirmation(self) -> dict[str, Any] | None:
+        return self.end.pending if isinstance(self.end, Paused) else None
 
 
 @dataclass(slots=True)

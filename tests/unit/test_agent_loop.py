@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 import pytest
 
 from app.agent.loop import AgentRun
-from app.agent.models import RunConfig
+from app.agent.models import Final, RunConfig
 from app.agent.repair import extract_calls
 from app.runtime.models import (
     Chunk,
@@ -145,6 +145,18 @@ async def test_unusable_call_is_reported_to_the_model_once() -> None:
     hint = model.requests[1].messages[-1]
     assert hint["role"] == "user" and "could not be used" in hint["content"]
     assert result.outcome == "final"
+
+
+async def test_a_run_ended_by_an_unusable_retry_says_stop_not_tool_calls() -> None:
+    # The runtime reports `tool_calls` for a call it could not parse, twice: the answer holds
+    # no tool call, so its finish reason must not claim one.
+    swallowed = answer("", completion_tokens=40).model_copy(update={"finish_reason": "tool_calls"})
+    model = ScriptedModel(swallowed, swallowed)
+    result = await make_run(model).run()
+    assert result.outcome == "final"
+    assert result.client_tool_calls == []
+    assert result.finish_reason == "stop"
+    assert isinstance(result.end, Final)
 
 
 async def test_call_swallowed_by_the_runtime_is_not_silently_dropped() -> None:
