@@ -87,12 +87,6 @@ class UnprocessableError(CascadeError):
     code = "unprocessable"
 
 
-class RateLimitError(CascadeError):
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limited"
-
-
 class UpstreamError(CascadeError):
     """The runtime answered with an error cascade cannot turn into a result."""
 

@@ -23,13 +23,16 @@ import inspect
 import json
 import re
 import typing
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import redis.asyncio
 import structlog
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from app.media.store import ImageRef
 
 log = structlog.get_logger("cascade.tools")
 
@@ -64,11 +67,14 @@ class ToolResult:
 
 
 class MediaStore(Protocol):
-    """The part of `app.media.intake.ImageIntake` tools use (kept structural: no import cycle)."""
+    """The part of `app.media.intake.ImageIntake` tools use: read a stored image, store one
+    (a crop), take one in like a user's image (an MCP result)."""
 
-    async def load_image(self, ref: Any) -> Any: ...
+    async def load_image(self, ref: Mapping[str, Any]) -> Image.Image: ...
 
-    async def put_image(self, img: Any) -> Any: ...
+    async def put_image(self, image: Image.Image) -> ImageRef: ...
+
+    async def ingest(self, url: str, *, owner: str) -> ImageRef: ...
 
 
 @dataclass
@@ -78,7 +84,7 @@ class ToolContext:
     owner: str
     session_id: str | None = None
     redis: redis.asyncio.Redis | None = None
-    media: Any | None = None
+    media: MediaStore | None = None
     conversation_images: list[dict[str, Any]] = field(default_factory=list)
     confirmed_call_ids: set[str] = field(default_factory=set)
     call_id: str = ""

@@ -110,7 +110,7 @@ class SharedImages:
         """`parts` with images replaced by `image_ref` parts; `budget` is the item's limits."""
         out: list[dict[str, Any]] = []
         for index, part in enumerate(parts):
-            if part.get("type") not in ("image_url", "input_image"):
+            if part.get("type") != "image_url":
                 out.append(part)
                 continue
             key = (

@@ -43,9 +43,10 @@ from app.agent.models import (
     Step,
     ToolProgress,
 )
-from app.agent.prompt import ImageSource, image_refs, runtime_messages
+from app.agent.prompt import image_refs, runtime_messages
 from app.agent.repair import extract_calls, has_call_markup
 from app.errors import InvalidRequestError
+from app.media.intake import ImageIntake
 from app.runtime.aggregate import CompletionBuilder
 from app.runtime.body import new_rid
 from app.runtime.guard import Runtime
@@ -75,7 +76,7 @@ class AgentRun:
         *,
         runtime: Runtime,
         registry: ToolRegistry | None,
-        media: ImageSource | None,
+        media: ImageIntake | None,
         history: Sequence[dict[str, Any]],
         new_messages: Sequence[dict[str, Any]],
         config: RunConfig,

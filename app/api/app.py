@@ -172,8 +172,3 @@ def create_app(settings: Settings) -> FastAPI:
         return await client.list_models()
 
     return app
-
-
-def get_runtime(request: Request) -> GuardedRuntime:
-    runtime: GuardedRuntime = request.app.state.runtime
-    return runtime

@@ -1,7 +1,6 @@
 """Image intake: every image a request names becomes a checked, resized, stored `ImageRef`.
 
-Accepted references (the `url` of an `image_url` part, or `image_url`/`file_id` of an
-`input_image` part):
+Accepted references (the `url` of an `image_url` part):
   - `https://…` / `http://…`: fetched under the SSRF policy (`app.media.fetch`);
   - `data:image/…;base64,…`;
   - `file-…`: a file the caller uploaded through `POST /v1/files` with purpose `vision`;
@@ -61,7 +60,7 @@ log = structlog.get_logger(__name__)
 
 # Bump when the pipeline's output for the same input changes: old aliases are then ignored.
 PIPELINE_VERSION = 2
-IMAGE_PART_TYPES = ("image_url", "input_image", "image_ref")
+IMAGE_PART_TYPES = ("image_url", "image_ref")
 ACCEPT_IMAGE = ("image/*", "application/octet-stream", "binary/octet-stream")
 _URI_CACHE_CHARS = 64 * 1024 * 1024
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -105,19 +104,12 @@ class ImageBudget:
 
 
 def _part_reference(part: Mapping[str, Any]) -> str:
-    """The image reference string of an `image_url` or `input_image` part."""
-    kind = part.get("type")
-    value: Any
-    if kind == "image_url":
-        value = part.get("image_url")
-        if isinstance(value, Mapping):
-            value = value.get("url")
-    else:
-        value = part.get("image_url") or part.get("file_id")
-        if isinstance(value, Mapping):
-            value = value.get("url")
+    """The image reference string of an `image_url` part (`{"url": ...}` or a bare string)."""
+    value: Any = part.get("image_url")
+    if isinstance(value, Mapping):
+        value = value.get("url")
     if not isinstance(value, str) or not value.strip():
-        raise InvalidRequestError(f"{kind} content part has no image URL")
+        raise InvalidRequestError("image_url content part has no image URL")
     return value.strip()
 
 
@@ -182,7 +174,7 @@ class ImageIntake:
         owner: str,
         budget: ImageBudget | None = None,
     ) -> list[dict[str, Any]]:
-        """A copy of `parts` with every `image_url`/`input_image` part replaced by an
+        """A copy of `parts` with every `image_url` part replaced by an
         `image_ref` part, in order. Existing `image_ref` parts must still be stored. The image
         count is checked before anything is fetched; errors carry the part's index as `param`.
         """
@@ -192,7 +184,7 @@ class ImageIntake:
         for index, part in enumerate(parts):
             kind = part.get("type")
             try:
-                if kind in ("image_url", "input_image"):
+                if kind == "image_url":
                     ref = await self.ingest(_part_reference(part), owner=owner, budget=budget)
                     out.append(ref.to_part())
                 elif kind == "image_ref":
@@ -389,17 +381,6 @@ class ImageIntake:
         while self._uri_chars > _URI_CACHE_CHARS and len(self._uris) > 1:
             _, dropped = self._uris.popitem(last=False)
             self._uri_chars -= len(dropped)
-
-    async def to_runtime_parts(self, parts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Content parts for the runtime: each `image_ref` becomes an `image_url` part with
-        the image's `data:` URI; other parts are copied unchanged."""
-        out: list[dict[str, Any]] = []
-        for part in parts:
-            if part.get("type") == "image_ref":
-                out.append({"type": "image_url", "image_url": {"url": await self.data_uri(part)}})
-            else:
-                out.append(dict(part))
-        return out
 
     async def load_image(self, ref: ImageRef | Mapping[str, Any]) -> Image.Image:
         """The stored image as an RGB PIL image (for tools such as zooming)."""

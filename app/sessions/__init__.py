@@ -4,7 +4,7 @@ and Idempotency-Key records."""
 from app.sessions.config import SessionSettings, load_session_settings
 from app.sessions.idempotency import IdempotencyStore, request_hash
 from app.sessions.lock import RedisLock
-from app.sessions.models import SessionInfo, SessionOptions, StoredMessage, ToolCall
+from app.sessions.models import SessionInfo, SessionOptions
 from app.sessions.store import SessionStore, new_session_id
 
 __all__ = [
@@ -14,8 +14,6 @@ __all__ = [
     "SessionOptions",
     "SessionSettings",
     "SessionStore",
-    "StoredMessage",
-    "ToolCall",
     "load_session_settings",
     "new_session_id",
     "request_hash",

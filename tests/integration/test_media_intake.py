@@ -164,7 +164,7 @@ async def test_every_image_in_a_message_becomes_a_ref_in_order(
         {"type": "image_url", "image_url": {"url": f"http://origin.test:{server.port}/0.png"}},
         {"type": "image_url", "image_url": f"http://origin.test:{server.port}/1.png"},
         {"type": "image_url", "image_url": {"url": data_uri(png_bytes(64, 64, colors[2]))}},
-        {"type": "input_image", "image_url": data_uri(jpeg_bytes(64, 64, colors[3]), "image/jpeg")},
+        {"type": "image_url", "image_url": data_uri(jpeg_bytes(64, 64, colors[3]), "image/jpeg")},
         {"type": "text", "text": "thanks"},
     ]
     subject = intake(redis)
@@ -179,11 +179,11 @@ async def test_every_image_in_a_message_becomes_a_ref_in_order(
     ]
     assert out[0] == parts[0] and out[5] == parts[5]
     assert len({p["sha256"] for p in out[1:5]}) == 4
-    runtime = await subject.to_runtime_parts(out)
-    images = [p for p in runtime if p["type"] == "image_url"]
+    # What the runtime is sent for each stored image: its data: URI.
+    images = [await subject.data_uri(p) for p in out if p["type"] == "image_ref"]
     assert len(images) == 4
-    for part, color in zip(images, colors, strict=True):
-        pixel = decoded(part["image_url"]["url"]).convert("RGB").getpixel((10, 10))
+    for uri, color in zip(images, colors, strict=True):
+        pixel = decoded(uri).convert("RGB").getpixel((10, 10))
         assert isinstance(pixel, tuple)
         assert all(abs(a - b) <= 8 for a, b in zip(pixel, color, strict=True))
 
@@ -419,7 +419,7 @@ async def test_uploaded_vision_files_are_owner_scoped(
     batch = await files.create(OWNER, filename="b.jsonl", purpose="batch", content=b"{}\n")
     subject = ImageIntake(redis, media, files=files, resolver=resolver())
     parts = [
-        {"type": "input_image", "file_id": upload.id},
+        {"type": "image_url", "image_url": {"url": upload.id}},
         {"type": "image_url", "image_url": upload.id},
     ]
     out = await subject.ingest_message_parts(parts, owner=OWNER)

@@ -80,7 +80,7 @@ async def image_zoom(args: ImageZoomArgs, ctx: ToolContext) -> ToolResult:
         )
     index = args.image_index % len(images)
     try:
-        source: Any = await ctx.media.load_image(images[index])
+        source = await ctx.media.load_image(images[index])
         width, height = source.size
         left, top, right, bottom = pixel_box(args.box, args.units, width, height)
         crop = source.crop((left, top, right, bottom))
