@@ -165,7 +165,7 @@ class AgentRun:
             max_answer_tokens=self.config.max_answer_tokens,
             routing_key=self.config.routing_key,
             priority=self.config.priority,
-            **self.config.sampling,
+            sampling=self.config.sampling,
         )
 
     async def _call_model(self, req: RuntimeRequest) -> AsyncIterator[AgentEvent | Completion]:

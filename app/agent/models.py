@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.runtime.models import ThinkingReport, ToolCall, Usage
+from app.runtime.models import Sampling, ThinkingReport, ToolCall, Usage
 
 Outcome = Literal["final", "client_tools", "max_steps", "confirmation_required"]
 
@@ -41,7 +41,7 @@ class RunConfig:
     client_tools: list[dict[str, Any]] = field(default_factory=list)  # OpenAI tool defs
     tool_choice: str | dict[str, Any] | None = None
     max_answer_tokens: int | None = None
-    sampling: dict[str, Any] = field(default_factory=dict)
+    sampling: Sampling = field(default_factory=Sampling)
     confirm_pause_ids: set[str] = field(default_factory=set)  # `confirm_tool_calls`
     routing_key: str | None = None
     priority: int | None = None

@@ -27,6 +27,7 @@ from app.config import Settings
 from app.errors import InvalidRequestError
 from app.jsonbody import JsonBodyError, parse_json
 from app.runtime.body import check_temperature, grant_budget
+from app.runtime.models import Sampling
 from app.sessions.models import SessionOptions
 from tools.registry import ToolPolicy, ToolRegistry
 
@@ -57,7 +58,10 @@ _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 MAX_STOP_SEQUENCES = 4
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(Sampling):
+    """A chat-completion request: OpenAI's fields (the sampling ones from `Sampling`) and
+    cascade's extensions."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
@@ -68,17 +72,7 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = None
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    stop: str | list[str] | None = None
-    seed: int | None = None
     n: int | None = Field(default=None, ge=1, le=1)
-    response_format: dict[str, Any] | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     store: bool | None = None
     user: str | None = None
@@ -103,11 +97,6 @@ class ChatRequest(BaseModel):
 
     def answer_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
-
-    def stop_list(self) -> list[str] | None:
-        if self.stop is None:
-            return None
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 def _bad(message: str, param: str) -> InvalidRequestError:
@@ -230,7 +219,7 @@ def check_tool_offer(req: ChatRequest) -> None:
                 'tool_choice must look like {"type": "function", "function": {"name": ...}}',
                 "tool_choice",
             )
-    stops = req.stop_list() or []
+    stops = req.stop or []
     if len(stops) > MAX_STOP_SEQUENCES:
         raise _bad(f"stop takes at most {MAX_STOP_SEQUENCES} sequences", "stop")
     if any(not stop for stop in stops):
@@ -337,23 +326,6 @@ def run_config(
             f"available: {', '.join(available) or 'none'}",
             param="server_tools",
         )
-    sampling: dict[str, Any] = {}
-    for name in (
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "repetition_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-        "seed",
-        "response_format",
-    ):
-        value = getattr(req, name)
-        if value is not None:
-            sampling[name] = value
-    if req.stop is not None:
-        sampling["stop"] = req.stop_list()
     config = RunConfig(
         thinking=thinking,
         thinking_budget=budget,
@@ -367,7 +339,7 @@ def run_config(
         client_tools=[t.model_dump(exclude_none=True) for t in req.tools or []],
         tool_choice=req.tool_choice,
         max_answer_tokens=req.answer_tokens(),
-        sampling=sampling,
+        sampling=req.sampling(),
         confirm_pause_ids=set(req.confirm_tool_calls or ()),
         routing_key=req.session_id,
     )

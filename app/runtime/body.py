@@ -70,7 +70,8 @@ def build_chat_body(
     stream: bool,
 ) -> dict[str, Any]:
     """The request body for SGLang. Sampling defaults come from the model card via settings."""
-    check_temperature(req.temperature, settings)
+    sampling = req.sampling
+    check_temperature(sampling.temperature, settings)
     body: dict[str, Any] = {
         "model": model,
         "messages": req.messages,
@@ -78,14 +79,13 @@ def build_chat_body(
         "stream": stream,
         # max_completion_tokens: SGLang 0.5.23 deprecates max_tokens (a warning per request).
         "max_completion_tokens": runtime_max_tokens(req, settings),
-        "temperature": settings.temperature if req.temperature is None else req.temperature,
-        "top_p": settings.top_p if req.top_p is None else req.top_p,
-        "top_k": settings.top_k if req.top_k is None else req.top_k,
-        "repetition_penalty": (
-            settings.repetition_penalty
-            if req.repetition_penalty is None
-            else req.repetition_penalty
-        ),
+        # The model card's sampling unless the request set its own; the other sampling
+        # fields are sent only when set.
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "top_k": settings.top_k,
+        "repetition_penalty": settings.repetition_penalty,
+        **sampling.model_dump(exclude_none=True),
         "separate_reasoning": True,
         "chat_template_kwargs": {
             "enable_thinking": req.thinking,
@@ -103,12 +103,6 @@ def build_chat_body(
         body["tool_choice"] = req.tool_choice if req.tool_choice is not None else "auto"
     elif req.tool_choice is not None and req.tool_choice != "none":
         raise InvalidRequestError("tool_choice was given without tools", param="tool_choice")
-    for name in ("min_p", "presence_penalty", "frequency_penalty", "stop", "seed"):
-        value = getattr(req, name)
-        if value is not None:
-            body[name] = value
-    if req.response_format is not None:
-        body["response_format"] = req.response_format
     if req.continue_final_message:
         body["continue_final_message"] = True
     if req.priority is not None:

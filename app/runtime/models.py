@@ -12,9 +12,40 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FinishReason = Literal["stop", "length", "tool_calls", "abort", "content_filter"]
+
+
+class Sampling(BaseModel):
+    """The sampling fields a request may set; each unset one takes the operator's default.
+
+    The one list of them: the chat request accepts exactly these (it extends this model), the
+    run carries them as this object, and the runtime body is written from it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = None
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    stop: list[str] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: object) -> object:
+        """OpenAI accepts a single stop string as well as a list."""
+        return [value] if isinstance(value, str) else value
+
+    def sampling(self) -> Sampling:
+        """Just the sampling fields (of a model that extends this one)."""
+        return Sampling(**{name: getattr(self, name) for name in Sampling.model_fields})
 
 
 class RuntimeRequest(BaseModel):
@@ -34,16 +65,7 @@ class RuntimeRequest(BaseModel):
     thinking_budget: int | None = Field(default=None, ge=1)
     preserve_thinking: bool = False
     max_answer_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = None
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    stop: list[str] | None = None
-    seed: int | None = None
-    response_format: dict[str, Any] | None = None
+    sampling: Sampling = Field(default_factory=Sampling)
     continue_final_message: bool = False
     priority: int | None = None
     routing_key: str | None = Field(

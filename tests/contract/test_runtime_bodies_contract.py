@@ -13,6 +13,7 @@ from PIL import Image
 from app.config import load_settings
 from app.runtime import GuardedRuntime, RuntimeRequest, SGLangClient
 from app.runtime.body import build_chat_body, new_rid
+from app.runtime.models import Sampling
 from tests.sglang_sim.script import Rule
 from tests.sglang_sim.testing import running_simulator
 
@@ -78,24 +79,28 @@ CASES: dict[str, RuntimeRequest] = {
     ),
     "sampling": RuntimeRequest(
         messages=[{"role": "user", "content": "hi"}],
-        temperature=0.3,
-        top_p=0.8,
-        top_k=10,
-        min_p=0.05,
-        repetition_penalty=1.05,
-        presence_penalty=0.5,
-        frequency_penalty=0.2,
-        stop=["END"],
-        seed=7,
+        sampling=Sampling(
+            temperature=0.3,
+            top_p=0.8,
+            top_k=10,
+            min_p=0.05,
+            repetition_penalty=1.05,
+            presence_penalty=0.5,
+            frequency_penalty=0.2,
+            stop=["END"],
+            seed=7,
+        ),
         max_answer_tokens=64,
         priority=5,
     ),
     "json_schema": RuntimeRequest(
         messages=[{"role": "user", "content": "hi"}],
-        response_format={
-            "type": "json_schema",
-            "json_schema": {"name": "a", "schema": {"type": "object"}},
-        },
+        sampling=Sampling(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "a", "schema": {"type": "object"}},
+            }
+        ),
     ),
     "guard_continuation": RuntimeRequest(
         messages=[

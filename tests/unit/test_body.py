@@ -7,7 +7,7 @@ import pytest
 from app.config import Settings, load_settings
 from app.errors import InvalidRequestError
 from app.runtime.body import build_chat_body, grant_budget, new_rid, runtime_max_tokens
-from app.runtime.models import RuntimeRequest
+from app.runtime.models import RuntimeRequest, Sampling
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -59,7 +59,7 @@ def test_max_tokens_without_thinking_is_the_answer_allowance(settings: Settings)
 def test_temperature_zero_is_rejected_with_a_reason(settings: Settings) -> None:
     with pytest.raises(InvalidRequestError) as info:
         build_chat_body(
-            RuntimeRequest(messages=MESSAGES, temperature=0),
+            RuntimeRequest(messages=MESSAGES, sampling=Sampling(temperature=0)),
             settings,
             model="m",
             rid="r.",
@@ -73,7 +73,7 @@ def test_temperature_zero_is_rejected_with_a_reason(settings: Settings) -> None:
 def test_temperature_zero_allowed_by_operator() -> None:
     settings = load_settings(allow_greedy=True)
     body = build_chat_body(
-        RuntimeRequest(messages=MESSAGES, temperature=0),
+        RuntimeRequest(messages=MESSAGES, sampling=Sampling(temperature=0)),
         settings,
         model="m",
         rid="r.",
