@@ -1,4 +1,5 @@
-"""The project's metadata says each thing once: the version lives in `app/__init__.py`."""
+"""The project's metadata says each thing once: the version lives in `app/__init__.py`, and the
+changelog has a section for it."""
 
 from __future__ import annotations
 
@@ -26,3 +27,9 @@ def test_the_version_is_read_from_app_and_written_nowhere_else() -> None:
 
 def test_the_console_script_is_the_cli_package() -> None:
     assert pyproject()["project"]["scripts"] == {"cascade": "app.cli.main:main"}
+
+
+def test_the_changelog_has_a_section_for_the_current_version() -> None:
+    changelog = (REPO / "CHANGELOG.md").read_text()
+    assert "## [Unreleased]" in changelog
+    assert re.search(rf"^## \[{re.escape(app.__version__)}\]", changelog, re.MULTILINE)
