@@ -56,10 +56,11 @@ def serve_in_thread(app: Any, *, lifespan: str = "on") -> Iterator[str]:
 
 @contextmanager
 def serve_in_subprocess(
-    log_path: Path, env: dict[str, str], *, host: str = "127.0.0.1"
+    log_path: Path, env: dict[str, str], *, host: str = "127.0.0.1", cwd: Path | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Run `cascade serve` (the production server set-up) as a child process; yields its base
-    URL and the process. `env` adds `CASCADE_*` variables to a clean environment."""
+    """Run `cascade serve` (the production server set-up) as a child process, in `cwd` (default:
+    this process's); yields its base URL and the process. The child's environment is this
+    process's without its `CASCADE_*` variables, with `env` laid over it."""
     port = free_port()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
     child_env |= {"CASCADE_LOG_FORMAT": "json", **env}
@@ -67,6 +68,7 @@ def serve_in_subprocess(
         proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--host", host, "--port", str(port)],
             env=child_env,
+            cwd=cwd,
             stdout=log,
             stderr=log,
         )

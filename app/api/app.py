@@ -23,6 +23,7 @@ from app.api.batches_api import router as batches_router
 from app.api.chat import router as chat_router
 from app.api.config import HttpSettings
 from app.api.errors import install_error_handlers
+from app.api.files_api import router as files_router
 from app.api.http_guard import RequestGuardMiddleware
 from app.api.middleware import RequestIdMiddleware
 from app.api.responses import JSONResponse
@@ -30,7 +31,6 @@ from app.api.sessions_api import router as sessions_router
 from app.api.tools_api import router as tools_router
 from app.config import Settings
 from app.media.config import MediaSettings
-from app.media.files_api import router as files_router
 from app.redis_client import redis_client
 from app.runtime import RuntimeHealth, SGLangClient
 from app.runtime.guard import GuardedRuntime

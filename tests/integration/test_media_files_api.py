@@ -24,12 +24,12 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
+from app.api.files_api import router
 from app.api.responses import JSONResponse
 from app.config import load_settings
 from app.errors import NotFoundError, PayloadTooLargeError
 from app.media.config import MediaSettings
 from app.media.files import FileStore
-from app.media.files_api import router
 from tests.media_server import png_bytes
 from tests.redis_server import RedisServer, free_port
 

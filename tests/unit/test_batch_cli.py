@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from app.batch_cli import ProgressView, RateMeter, _error_path, render_progress, render_report
+from app.cli.batch import ProgressView, RateMeter, _error_path, render_progress, render_report
 
 
 def test_progress_line() -> None:

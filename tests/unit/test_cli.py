@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from app.cli import main
+from app.cli.main import main
 from app.runtime.launch import PROFILES, build_launch_command
 
 
@@ -75,7 +75,7 @@ def test_runtime_launch_refuses_without_sglang_or_gpu(
 
 
 def test_api_key_substitution() -> None:
-    from app.runtime_launcher import resolve_api_key
+    from app.cli.runtime import resolve_api_key
 
     argv = ["x", "--api-key", "${K}", "--port", "1"]
     assert resolve_api_key(argv, {"K": "v"}) == ["x", "--api-key", "v", "--port", "1"]

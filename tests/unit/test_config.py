@@ -70,7 +70,7 @@ def test_secrets_are_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_serve_refuses_any_bad_setting_with_its_name(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str
 ) -> None:
-    from app.cli import main
+    from app.cli.main import main
 
     monkeypatch.setenv(variable, value)
     assert main(["serve"]) == 2

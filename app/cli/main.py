@@ -1,8 +1,9 @@
 """The `cascade` command.
 
 Sub-commands: `serve` (the HTTP API), `worker` (a batch worker), `up` (Redis if needed + API +
-one worker, supervised), `runtime` (print or launch the SGLang command for a hardware profile),
-`batch` (submit, watch, download and report batches over the API; `app.batch_cli`).
+one worker, supervised; `app.cli.up`), `runtime` (print or launch the SGLang command for a
+hardware profile; `app.cli.runtime`), `batch` (submit, watch, download and report batches over
+the API; `app.cli.batch`).
 Configuration errors exit with status 2 and a message naming each bad variable.
 """
 
@@ -52,9 +53,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     import asyncio
 
+    from app.cli.up import run_up
     from app.config import check_bind_auth, load_settings
     from app.logs import configure_logging
-    from app.supervisor import run_up
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -78,7 +79,7 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
     if args.print:
         print(format_command(argv))
         return 0
-    from app.runtime_launcher import launch_and_wait
+    from app.cli.runtime import launch_and_wait
 
     return launch_and_wait(argv, port=args.port, ready_timeout=args.ready_timeout)
 
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runtime.set_defaults(func=_cmd_runtime)
 
-    from app.batch_cli import add_batch_parser
+    from app.cli.batch import add_batch_parser
 
     add_batch_parser(sub)
     return parser
@@ -140,7 +141,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cascade: {exc}", file=sys.stderr)
         return 2
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
