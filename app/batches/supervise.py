@@ -4,7 +4,7 @@
 delay that doubles from `first_delay` up to `max_delay` (reset once a run has lasted
 `healthy_after` seconds), until `stop` is set. The batch coordinator and the worker's
 consumer loop run under it: a bug that kills one of them costs a restart, not the service.
-(Whole processes are restarted by `cascade up`, `app.supervisor`.)
+(Whole processes are restarted by `cascade up`, `app.cli.up`.)
 """
 
 from __future__ import annotations
