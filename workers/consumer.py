@@ -35,8 +35,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
-from app.agent.requests import parse_chat_request
-from app.agent.responses import completion_body, completion_id
+from app.agent.protocol import completion_body, completion_id, parse_chat_request
 from app.agent.turn import TurnServices, assemble_turn
 from app.batches.config import BatchSettings
 from app.batches.keys import GROUP

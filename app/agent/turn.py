@@ -24,10 +24,12 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 
 from app.agent.loop import AgentRun
-from app.agent.requests import ChatRequest, check_tool_results, normalise_messages, run_config
+from app.agent.models import RunConfig
+from app.agent.protocol import ChatRequest, check_tool_results, normalise_messages
 from app.config import Settings
 from app.errors import InvalidRequestError
 from app.media.intake import IMAGE_PART_TYPES, ImageBudget, ImageIntake
+from app.runtime.body import check_temperature, grant_budget
 from app.runtime.guard import Runtime
 from app.sessions.models import SessionOptions
 from tools.registry import ToolPolicy, ToolRegistry
@@ -134,3 +136,68 @@ async def _ingest_images(
             if p.get("type") == "image_ref"
         )
     return images
+
+
+EFFORT_BUDGETS = {"minimal": 512, "low": 1024, "medium": 4096, "high": 12000}
+
+
+def run_config(
+    req: ChatRequest,
+    settings: Settings,
+    options: SessionOptions,
+    registry: ToolRegistry | None,
+    base_policy: ToolPolicy | None = None,
+) -> tuple[RunConfig, ToolPolicy]:
+    """Resolve a request over the session's options and the operator's defaults.
+
+    A request may narrow the operator's tool policy (fewer tools), never widen it: tools the
+    operator disabled stay unavailable, and write permission always comes from the operator.
+    """
+    base_policy = base_policy or ToolPolicy()  # the safe default: no writes
+    check_temperature(req.temperature, settings)
+    thinking = req.thinking
+    budget_wanted = req.thinking_budget
+    if req.reasoning_effort is not None and thinking is None:
+        thinking = req.reasoning_effort != "none"
+        budget_wanted = budget_wanted or EFFORT_BUDGETS.get(req.reasoning_effort)
+    if thinking is None:
+        thinking = options.thinking if options.thinking is not None else settings.thinking_default
+    budget = grant_budget(budget_wanted or options.thinking_budget, settings) if thinking else None
+    available = [
+        name
+        for name in (registry.names() if registry is not None else [])
+        if base_policy.is_enabled(name)
+    ]
+    wanted = req.server_tools if req.server_tools is not None else options.server_tools
+    if wanted is None:
+        wanted = available
+    unknown = sorted(set(wanted) - set(available))
+    if unknown and req.server_tools is not None:
+        raise InvalidRequestError(
+            f"unknown server tool(s): {', '.join(unknown)}; "
+            f"available: {', '.join(available) or 'none'}",
+            param="server_tools",
+        )
+    config = RunConfig(
+        thinking=thinking,
+        thinking_budget=budget,
+        preserve_thinking=(
+            req.preserve_thinking
+            if req.preserve_thinking is not None
+            else options.preserve_thinking
+        ),
+        max_steps=settings.agent_max_steps,
+        server_tools=[name for name in wanted if name in available],
+        client_tools=[t.model_dump(exclude_none=True) for t in req.tools or []],
+        tool_choice=req.tool_choice,
+        max_answer_tokens=req.answer_tokens(),
+        sampling=req.sampling(),
+        confirm_pause_ids=set(req.confirm_tool_calls or ()),
+        routing_key=req.session_id,
+    )
+    policy = ToolPolicy(
+        enabled=set(config.server_tools),
+        allow_write=base_policy.allow_write,
+        confirm_write=base_policy.confirm_write,
+    )
+    return config, policy

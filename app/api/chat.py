@@ -33,12 +33,17 @@ from app.agent.models import (
     RunResult,
     ToolProgress,
 )
-from app.agent.requests import ChatRequest, parse_chat_request
-from app.agent.responses import cascade_extension, completion_body, completion_id
+from app.agent.protocol import (
+    ChatRequest,
+    ChunkWriter,
+    cascade_extension,
+    completion_body,
+    completion_id,
+    parse_chat_request,
+)
 from app.agent.turn import assemble_turn
 from app.api.auth import authenticate
 from app.api.responses import JSONResponse
-from app.api.shapes import ChunkWriter
 from app.errors import (
     CascadeError,
     InvalidRequestError,

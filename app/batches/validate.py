@@ -17,7 +17,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from app.agent.requests import parse_chat_request, run_config
+from app.agent.protocol import parse_chat_request
+from app.agent.turn import run_config
 from app.batches.jsonl import Line
 from app.batches.models import LineError
 from app.config import Settings

@@ -1,7 +1,7 @@
 """The session store's data shapes.
 
 Messages stay plain dicts in OpenAI chat form, serialised with orjson; they are validated where
-they enter cascade (`app.agent.requests.check_messages`), not again on every read.
+they enter cascade (`app.agent.protocol.check_messages`), not again on every read.
 """
 
 from __future__ import annotations

@@ -1,17 +1,28 @@
-"""A chat-completion request (OpenAI fields plus cascade's extensions) and its run config.
+"""The OpenAI chat-completion shapes cascade accepts and emits: the one wire contract.
+
+- Requests: `ChatRequest` (OpenAI's fields, the sampling ones from `Sampling`, plus cascade's
+  extensions), validated whole by `parse_chat_request` with messages that name the field.
+  Unknown fields are ignored (clients send many). Extensions (`session_id`, `thinking`,
+  `thinking_budget`, `server_tools`, `preserve_thinking`, `confirm_tool_calls`) are reachable
+  through the SDK's `extra_body`.
+- Responses: `completion_body` (and its `usage`, `tool_calls` and `cascade` parts).
+- Stream chunks: `ChunkWriter`, with pre-serialised byte prefixes: a content delta costs one
+  `orjson.dumps` of its text and a few byte concatenations, which is what keeps cascade's CPU
+  per relayed chunk small. Extension fields (`session_id`, `cascade`) are ignored by standard
+  clients.
+- Errors: the body is `CascadeError.to_body()` (`app.errors`), in a response or a chunk.
 
 Shared by the HTTP API and the batch workers, so a batch line means what a request means.
-
-Unknown fields are ignored (clients send many), known ones are validated with messages that
-name the field. Extensions (`session_id`, `thinking`, `thinking_budget`, `server_tools`,
-`preserve_thinking`, `confirm_tool_calls`) are reachable through the SDK's `extra_body`.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
+import time
 from typing import Any, Literal
 
+import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import (
@@ -22,14 +33,10 @@ from pydantic import (
     model_validator,
 )
 
-from app.agent.models import RunConfig
-from app.config import Settings
+from app.agent.models import RunResult
 from app.errors import InvalidRequestError
 from app.jsonbody import JsonBodyError, parse_json
-from app.runtime.body import check_temperature, grant_budget
-from app.runtime.models import Sampling
-from app.sessions.models import SessionOptions
-from tools.registry import ToolPolicy, ToolRegistry
+from app.runtime.models import Sampling, ThinkingReport, ToolCall, Usage
 
 
 class FunctionDef(BaseModel):
@@ -268,9 +275,6 @@ def normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-EFFORT_BUDGETS = {"minimal": 512, "low": 1024, "medium": 4096, "high": 12000}
-
-
 def parse_chat_request(data: Any) -> ChatRequest:
     """Validate a request body; any problem is an `InvalidRequestError` naming the field."""
     if not isinstance(data, dict):
@@ -289,63 +293,126 @@ def parse_chat_request(data: Any) -> ChatRequest:
     return req
 
 
-def run_config(
-    req: ChatRequest,
-    settings: Settings,
-    options: SessionOptions,
-    registry: ToolRegistry | None,
-    base_policy: ToolPolicy | None = None,
-) -> tuple[RunConfig, ToolPolicy]:
-    """Resolve a request over the session's options and the operator's defaults.
+# ----------------------------------------------------------------------------- responses
 
-    A request may narrow the operator's tool policy (fewer tools), never widen it: tools the
-    operator disabled stay unavailable, and write permission always comes from the operator.
-    """
-    base_policy = base_policy or ToolPolicy()  # the safe default: no writes
-    check_temperature(req.temperature, settings)
-    thinking = req.thinking
-    budget_wanted = req.thinking_budget
-    if req.reasoning_effort is not None and thinking is None:
-        thinking = req.reasoning_effort != "none"
-        budget_wanted = budget_wanted or EFFORT_BUDGETS.get(req.reasoning_effort)
-    if thinking is None:
-        thinking = options.thinking if options.thinking is not None else settings.thinking_default
-    budget = grant_budget(budget_wanted or options.thinking_budget, settings) if thinking else None
-    available = [
-        name
-        for name in (registry.names() if registry is not None else [])
-        if base_policy.is_enabled(name)
+
+def completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+def usage_body(usage: Usage, thinking: ThinkingReport) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "reasoning_tokens": usage.reasoning_tokens,
+        "thinking_budget": {
+            "enabled": thinking.enabled,
+            "granted": thinking.budget,
+            "used": thinking.used,
+            "closed_by_guard": thinking.closed_by_guard,
+        },
+    }
+
+
+def cascade_extension(result: RunResult) -> dict[str, Any]:
+    ext: dict[str, Any] = {"outcome": result.outcome, "steps": result.steps}
+    if result.pending_confirmation is not None:
+        ext["pending_confirmation"] = result.pending_confirmation
+    return ext
+
+
+def tool_calls_body(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": c.id,
+            "type": "function",
+            "function": {"name": c.function.name, "arguments": c.function.arguments},
+        }
+        for c in calls
     ]
-    wanted = req.server_tools if req.server_tools is not None else options.server_tools
-    if wanted is None:
-        wanted = available
-    unknown = sorted(set(wanted) - set(available))
-    if unknown and req.server_tools is not None:
-        raise InvalidRequestError(
-            f"unknown server tool(s): {', '.join(unknown)}; "
-            f"available: {', '.join(available) or 'none'}",
-            param="server_tools",
-        )
-    config = RunConfig(
-        thinking=thinking,
-        thinking_budget=budget,
-        preserve_thinking=(
-            req.preserve_thinking
-            if req.preserve_thinking is not None
-            else options.preserve_thinking
-        ),
-        max_steps=settings.agent_max_steps,
-        server_tools=[name for name in wanted if name in available],
-        client_tools=[t.model_dump(exclude_none=True) for t in req.tools or []],
-        tool_choice=req.tool_choice,
-        max_answer_tokens=req.answer_tokens(),
-        sampling=req.sampling(),
-        confirm_pause_ids=set(req.confirm_tool_calls or ()),
-        routing_key=req.session_id,
-    )
-    policy = ToolPolicy(
-        enabled=set(config.server_tools),
-        allow_write=base_policy.allow_write,
-        confirm_write=base_policy.confirm_write,
-    )
-    return config, policy
+
+
+def completion_body(
+    result: RunResult, *, cid: str, model: str, session_id: str | None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": result.content,
+        "reasoning_content": result.reasoning,
+    }
+    if result.client_tool_calls:
+        message["tool_calls"] = tool_calls_body(result.client_tool_calls)
+    body: dict[str, Any] = {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
+        "usage": usage_body(result.usage, result.thinking),
+        "cascade": cascade_extension(result),
+    }
+    if session_id is not None:
+        body["session_id"] = session_id
+    return body
+
+
+# ----------------------------------------------------------------------------- stream chunks
+
+
+class ChunkWriter:
+    """Serialises the chunks of one streamed response."""
+
+    __slots__ = ("_head", "_plain_head")
+
+    def __init__(self, *, cid: str, model: str) -> None:
+        created = int(time.time())
+        common = orjson.dumps(
+            {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+        )[:-1]
+        self._plain_head = b"data: " + common
+        self._head = self._plain_head + b',"choices":[{"index":0,"delta":{'
+
+    def _delta(self, inner: bytes, finish: bytes = b"null", extra: bytes = b"") -> bytes:
+        return self._head + inner + b'},"finish_reason":' + finish + b"}]" + extra + b"}\n\n"
+
+    def role(self, session_id: str | None) -> bytes:
+        extra = b',"session_id":' + orjson.dumps(session_id) if session_id else b""
+        return self._delta(b'"role":"assistant","content":""', extra=extra)
+
+    def content(self, text: str) -> bytes:
+        return self._delta(b'"content":' + orjson.dumps(text))
+
+    def reasoning(self, text: str) -> bytes:
+        return self._delta(b'"reasoning_content":' + orjson.dumps(text))
+
+    def tool_call(self, index: int, call_id: str | None, name: str | None, args: str) -> bytes:
+        call: dict[str, Any] = {"index": index, "function": {"arguments": args}}
+        if call_id is not None:
+            call["id"] = call_id
+            call["type"] = "function"
+        if name is not None:
+            call["function"]["name"] = name
+        return self._delta(b'"tool_calls":' + orjson.dumps([call]))
+
+    def progress(self, info: dict[str, Any]) -> bytes:
+        return self._delta(b"", extra=b',"cascade":' + orjson.dumps({"tool_progress": info}))
+
+    def finish(self, reason: str, ext: dict[str, Any], session_id: str | None) -> bytes:
+        extra = b',"cascade":' + orjson.dumps(ext)
+        if session_id:
+            extra += b',"session_id":' + orjson.dumps(session_id)
+        return self._delta(b"", finish=orjson.dumps(reason), extra=extra)
+
+    def usage(self, usage: Usage, thinking: ThinkingReport) -> bytes:
+        body = orjson.dumps(usage_body(usage, thinking))
+        return self._plain_head + b',"choices":[],"usage":' + body + b"}\n\n"
+
+    def error(self, body: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    @staticmethod
+    def done() -> bytes:
+        return b"data: [DONE]\n\n"
