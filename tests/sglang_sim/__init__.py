@@ -1,7 +1,8 @@
 """A faithful-where-it-matters simulator of an SGLang 0.5.23 runtime serving Qwen3.6.
 
 cascade's tests talk to it over real HTTP through cascade's own runtime client, exactly as
-they would talk to SGLang launched as in SGLANG.md (`--reasoning-parser qwen3
+they would talk to SGLang launched as cascade launches it (`cascade runtime --print`:
+`--reasoning-parser qwen3
 --tool-call-parser qwen3_coder --enable-strict-thinking --default-chat-template-kwargs
 '{"enable_thinking": false}' --enable-cache-report --enable-metrics [--api-key K]`).
 

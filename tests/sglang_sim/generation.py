@@ -20,7 +20,7 @@ __all__ = ["EOS_TOKEN_ID", "THINK_END", "Decoder", "Finish", "Plan", "Step", "pl
 THINK_END = "</think>"
 # Token id of `<|im_end|>` in the Qwen3.5/3.6 vocabulary, reported as `matched_stop` when the
 # model stops by itself. Unconfirmed: derived from `<think>` = 248068 and `<tool_call>` = 248058
-# (SGLANG.md) with the Qwen3 layout of the special tokens.
+# (the Qwen3.5/3.6 vocabulary) with the Qwen3 layout of the special tokens.
 EOS_TOKEN_ID = 248046
 
 FinishType = Literal["stop", "length", "abort"]

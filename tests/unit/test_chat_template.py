@@ -1,8 +1,9 @@
 """Pins the Qwen3.6 chat template's rendering (templates/qwen3_6_chat.jinja) and the SGLang
 request handling around it (tests/sglang_sim/template.py).
 
-Expected prompts are written out from the format in docs/SGLANG.md ("Chat template format",
-"Tool-call text format") and from SGLang 0.5.23's serving_chat.py (continue_final_message,
+Expected prompts are written out from the Qwen3.5/3.6 chat format (the model's own template:
+special tokens, tool-call XML, tool responses grouped into a user turn, reasoning kept only in
+the running tool loop) and from SGLang 0.5.23's serving_chat.py (continue_final_message,
 a trailing assistant message, tool dumps, argument parsing).
 """
 

@@ -1,7 +1,7 @@
 """`tests.sglang_sim.parsing` on key cases, without SGLang installed.
 
 Expected values are worked out from SGLang 0.5.23's source (serving_chat.py, the qwen3 reasoning
-detector, the qwen3_coder detector) and from docs/SGLANG.md; the contract suite
+detector, the qwen3_coder detector); the contract suite
 (tests/contract) checks the same module against SGLang's own parsers on a larger corpus.
 """
 
