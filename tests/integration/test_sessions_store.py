@@ -25,6 +25,7 @@ from app.sessions import (
 )
 from app.sessions.idempotency import IdempotencyStore
 from app.sessions.lock import RedisLock
+from tests.clock import ManualClock
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -229,6 +230,26 @@ async def test_second_turn_waits_for_the_lock_then_gets_409(client: aioredis.Red
         assert time.monotonic() - started >= 0.05
     await first
     assert await client.exists(store.keys.lock(session.id)) == 0
+
+
+async def test_a_waiting_acquire_gives_up_when_its_wait_is_over_by_its_clock(
+    client: aioredis.Redis,
+) -> None:
+    clock = ManualClock()
+    key = "t:lock:clocked"
+    await client.set(key, "other-holder", px=60_000)
+    lock = RedisLock(client, key, ttl=30.0, wait=30.0, message="busy", clock=clock)
+    waiting = asyncio.create_task(lock.acquire())
+    await asyncio.sleep(0.1)  # it tries a few times
+    assert not waiting.done()
+    clock.advance(29.9)
+    await asyncio.sleep(0.1)
+    assert not waiting.done()  # still within its wait
+    clock.advance(0.2)
+    with pytest.raises(ConflictError) as caught:
+        await asyncio.wait_for(waiting, 1.5)  # gives up at its next try
+    assert caught.value.message == "busy" and caught.value.status == 409
+    assert await client.get(key) == b"other-holder"
 
 
 async def test_lock_renewal_keeps_a_long_turn_locked(client: aioredis.Redis) -> None:
