@@ -124,15 +124,17 @@ async def test_keys_are_per_owner(client: aioredis.Redis) -> None:
 
 
 async def test_records_expire(client: aioredis.Redis) -> None:
-    store = idem_store(client, idempotency_pending_ttl=0.2, idempotency_wait=0.0)
+    store = idem_store(client, idempotency_pending_ttl=60.0, idempotency_wait=0.0)
     assert await store.begin(OWNER, "crashed", "h") is None
     with pytest.raises(ConflictError):
         await store.begin(OWNER, "crashed", "h")
-    await asyncio.sleep(0.3)  # the first attempt's process died: its reservation lapses
+    name = store.keys.idempotency(OWNER, "crashed")
+    assert 59_000 < await client.pttl(name) <= 60_000  # the reservation lasts the pending ttl
+    await client.pexpire(name, 1)  # the first attempt's process died: its reservation lapses
+    await asyncio.sleep(0.01)
     assert await store.begin(OWNER, "crashed", "h") is None
 
     await store.complete(OWNER, "crashed", RESULT)
-    name = store.keys.idempotency(OWNER, "crashed")
     assert 23 * 3_600_000 < await client.pttl(name) <= 24 * 3_600_000
     assert b"crashed" not in name.encode() and "crashed" not in str(await client.keys("*"))
 
