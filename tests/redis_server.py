@@ -1,10 +1,15 @@
-"""A real `redis-server` per test (or per module), on a free loopback port.
+"""Real `redis-server`s on free loopback ports: one shared by a whole test session, and private
+ones for tests that stop Redis.
 
-Tests may kill it (`kill()`, SIGKILL) and start it again on the same port and data directory
-(`start()`), to check what survives a crash, or freeze it (`pause()`, SIGSTOP: the kernel still
-accepts connections but nothing answers) and thaw it (`resume()`, SIGCONT). AOF (`appendfsync
-always` here, so a test's acknowledged writes are on disk when it kills the server) is on unless
-`aof=False`.
+Tests may kill a private one (`kill()`, SIGKILL) and start it again on the same port and data
+directory (`start()`), to check what survives a crash, or freeze it (`pause()`, SIGSTOP: the
+kernel still accepts connections but nothing answers) and thaw it (`resume()`, SIGCONT). AOF
+(`appendfsync always` here, so a test's acknowledged writes are on disk when it kills the
+server) is on unless `aof=False`.
+
+The shared one (`SharedRedisServer`) is handed from test to test, emptied in between; stopping it
+in any of those ways raises, so a test that needs to stop Redis takes a private server instead.
+`starts` counts the servers started in this process (a restart counts too).
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+starts = 0
 
 
 def free_port() -> int:
@@ -43,6 +52,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        global starts
+        starts += 1
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             self.binary,
@@ -107,3 +118,80 @@ class RedisServer:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+class SharedServerError(RuntimeError):
+    """A test tried to stop, freeze or restart the session's shared redis-server."""
+
+
+class SharedRedisServer(RedisServer):
+    """The test session's one redis-server, without AOF (no test of it kills it).
+
+    `kill`, `pause`, `resume`, `stop`, `start` and `restart` raise `SharedServerError`: other
+    tests still need this server. The session starts and stops it with `launch` and `shut_down`.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir, aof=False)
+        self.recoveries = 0
+
+    def launch(self) -> None:
+        super().start()
+
+    def shut_down(self) -> None:
+        super().stop()
+
+    def answers(self, timeout: float = 2.0) -> bool:
+        """True if the server replies to PING within `timeout` seconds."""
+        # No retries: redis-py's default ones would take seconds to report a dead server.
+        client = redis.Redis(
+            port=self.port,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def fresh(self) -> None:
+        """Empty every database and the script cache, as a newly started server has them.
+        A server that does not answer PING (it died, or was frozen behind our back) is killed
+        and started again first, on the same port; `recoveries` counts those restarts."""
+        if not self.answers():
+            self.recoveries += 1
+            super().kill()
+            super().start()
+        client = redis.Redis(port=self.port, socket_connect_timeout=2, socket_timeout=10)
+        try:
+            client.flushall(asynchronous=False)
+            client.script_flush("SYNC")
+        finally:
+            client.close()
+
+    def _refuse(self, action: str) -> None:
+        raise SharedServerError(
+            f"cannot {action} the shared redis-server: other tests use it; "
+            "take the `own_redis_server` fixture for a server of your own"
+        )
+
+    def kill(self) -> None:
+        self._refuse("kill")
+
+    def pause(self) -> None:
+        self._refuse("pause")
+
+    def resume(self) -> None:
+        self._refuse("resume")
+
+    def stop(self) -> None:
+        self._refuse("stop")
+
+    def start(self) -> None:
+        self._refuse("start")
+
+    def restart(self) -> None:
+        self._refuse("restart")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -95,10 +96,21 @@ def _text(value: bytes | str) -> str:
 
 
 class IdempotencyStore:
-    """Records of Idempotency-Keys, per owner (two owners may use the same key)."""
+    """Records of Idempotency-Keys, per owner (two owners may use the same key).
 
-    def __init__(self, redis: aioredis.Redis, settings: SessionSettings | None = None) -> None:
+    `clock` (monotonic seconds) times `begin`'s wait for a running first attempt; the records'
+    expiry is timed by Redis.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: SessionSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = redis
+        self._clock = clock
         self.settings = settings or SessionSettings()
         self.keys = Keys(self.settings.key_prefix)
         self._begin = redis.register_script(_BEGIN)
@@ -119,7 +131,7 @@ class IdempotencyStore:
                 param="Idempotency-Key",
             )
         name = self.keys.idempotency(owner, key)
-        deadline = time.monotonic() + self.settings.idempotency_wait
+        deadline = self._clock() + self.settings.idempotency_wait
         pending_ms = max(1, int(self.settings.idempotency_pending_ttl * 1000))
         while True:
             reply: list[Any] = await self._begin(keys=[name], args=[body_hash, pending_ms, owner])
@@ -136,7 +148,7 @@ class IdempotencyStore:
             if _text(record["state"]) == "done":
                 result: dict[str, Any] = orjson.loads(record["result"])
                 return result
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock()
             if remaining <= 0:
                 raise ConflictError(
                     "a request with this Idempotency-Key is still running; retry later",

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 import redis.asyncio as aioredis
@@ -72,6 +73,8 @@ class RedisLock:
     background task owned by the context manager extends the expiry every `ttl / 3` seconds.
     `lost` turns true if a renewal found the lock no longer ours (it expired and someone else
     took it); the body keeps running, and its writes stay safe through versioned appends.
+    `clock` (monotonic seconds) times the wait and how long a background release keeps trying;
+    the lease itself is timed by Redis, its renewal by the event loop.
     """
 
     def __init__(
@@ -83,8 +86,10 @@ class RedisLock:
         wait: float,
         message: str,
         code: str = "conflict",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
+        self._clock = clock
         self._key = key
         self._ttl_ms = max(1, int(ttl * 1000))
         self._wait = wait
@@ -106,7 +111,7 @@ class RedisLock:
         """
         self._token = secrets.token_hex(16)
         self._held = False
-        deadline = time.monotonic() + self._wait
+        deadline = self._clock() + self._wait
         while True:
             try:
                 taken = await self._acquire_script(
@@ -119,7 +124,7 @@ class RedisLock:
             if taken:
                 self._held = True
                 break
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock()
             if remaining <= 0:
                 raise ConflictError(self._message, code=self._code)
             await asyncio.sleep(min(_POLL, remaining))
@@ -151,10 +156,10 @@ class RedisLock:
         task.add_done_callback(_cleanups.discard)
 
     async def _release_when_back(self, token: str) -> None:
-        give_up = time.monotonic() + self._ttl_ms / 1000 + _CLEANUP_EXTRA
+        give_up = self._clock() + self._ttl_ms / 1000 + _CLEANUP_EXTRA
         pause = _CLEANUP_BACKOFF
         answered = 0
-        while answered < 2 and time.monotonic() < give_up:
+        while answered < 2 and self._clock() < give_up:
             try:
                 await self._release_script(keys=[self._key], args=[token])
                 answered += 1

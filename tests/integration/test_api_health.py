@@ -24,10 +24,10 @@ def test_healthz_is_ok_and_readyz_names_the_missing_runtime(redis_server: RedisS
         assert ready.headers["x-request-id"].startswith("req_")
 
 
-def test_readyz_reports_redis_down(redis_server: RedisServer) -> None:
-    settings = load_settings(redis_url=redis_server.url)
+def test_readyz_reports_redis_down(own_redis_server: RedisServer) -> None:
+    settings = load_settings(redis_url=own_redis_server.url)
     with TestClient(create_app(settings)) as client:
-        redis_server.kill()
+        own_redis_server.kill()
         body = client.get("/readyz").json()
         assert body["redis"] == {"ok": False, "detail": "not reachable"}
 

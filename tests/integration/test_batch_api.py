@@ -218,12 +218,14 @@ async def test_without_priority_scheduling_no_priority_is_sent(
     assert "priority" not in sim.sim.requests[0].body
 
 
-def test_redis_outage_is_a_503_with_retry_after(api: BatchApp, redis_server: RedisServer) -> None:
-    redis_server.kill()
+def test_redis_outage_is_a_503_with_retry_after(
+    api: BatchApp, own_redis_server: RedisServer
+) -> None:
+    own_redis_server.kill()
     try:
         response = httpx.get(api.url + "/v1/batches/batch_" + "0" * 24, timeout=10)
         assert response.status_code == 503
         assert response.headers["retry-after"] == "2"
         assert response.json()["error"]["code"] == "storage_unavailable"
     finally:
-        redis_server.start()
+        own_redis_server.start()

@@ -97,12 +97,12 @@ def test_kill_9_two_of_three_workers_loses_and_duplicates_nothing(
 
 
 def test_redis_restart_mid_batch_completes(
-    sim: SimHandle, redis_server: RedisServer, tmp_path: Path
+    sim: SimHandle, own_redis_server: RedisServer, tmp_path: Path
 ) -> None:
     sim.sim.update_config(ttft=0.05, max_running=8)
     sim.sim.add_rule(Rule(match=None, output="fine"))
     count = 120
-    with batch_api(sim, redis_server, tmp_path / "state") as api:
+    with batch_api(sim, own_redis_server, tmp_path / "state") as api:
         client = api.client()
         workers = [
             WorkerProcess(api.settings, batch_env(batch_inflight=4), tmp_path, name=f"r{i}")
@@ -116,7 +116,7 @@ def test_redis_restart_mid_batch_completes(
                 input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
             )
             wait_until(lambda: len(sim.sim.requests) >= count // 4, 60, "a quarter done")
-            redis_server.restart()  # SIGKILL, then start again from the AOF
+            own_redis_server.restart()  # SIGKILL, then start again from the AOF
             done = wait_final(client, batch.id, 90)
         finally:
             for worker in workers:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,6 +10,7 @@ import redis.asyncio as aioredis
 
 from app.errors import ConflictError, UnprocessableError
 from app.sessions import IdempotencyStore, SessionSettings, SessionStore, request_hash
+from tests.clock import ManualClock
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -59,30 +59,31 @@ async def test_same_key_with_another_body_is_422(client: aioredis.Redis) -> None
 
 
 async def test_a_retry_while_the_first_runs_waits_then_gets_409(client: aioredis.Redis) -> None:
-    store = idem_store(client, idempotency_wait=0.3)
+    clock = ManualClock()
+    store = IdempotencyStore(client, SessionSettings(idempotency_wait=30.0), clock=clock)
     assert await store.begin(OWNER, "key-1", "h") is None
-    started = time.monotonic()
+    retry = asyncio.create_task(store.begin(OWNER, "key-1", "h"))
+    await asyncio.sleep(0.1)  # it looks at the pending record a few times
+    assert not retry.done()
+    clock.advance(29.9)
+    await asyncio.sleep(0.1)
+    assert not retry.done()  # still within its wait
+    clock.advance(0.2)
     with pytest.raises(ConflictError) as caught:
-        await store.begin(OWNER, "key-1", "h")
-    assert 0.3 <= time.monotonic() - started < 1.5
+        await asyncio.wait_for(retry, 1.5)  # gives up at its next look
     assert caught.value.status == 409
 
 
 async def test_a_retry_while_the_first_runs_gets_its_result_when_it_ends(
     client: aioredis.Redis,
 ) -> None:
-    store = idem_store(client, idempotency_wait=2.0)
+    store = IdempotencyStore(client, SessionSettings(idempotency_wait=30.0), clock=ManualClock())
     assert await store.begin(OWNER, "key-1", "h") is None
-
-    async def finish_first() -> None:
-        await asyncio.sleep(0.2)
-        await store.complete(OWNER, "key-1", RESULT)
-
-    finishing = asyncio.create_task(finish_first())
-    started = time.monotonic()
-    assert await store.begin(OWNER, "key-1", "h") == RESULT
-    assert time.monotonic() - started >= 0.15
-    await finishing
+    retry = asyncio.create_task(store.begin(OWNER, "key-1", "h"))
+    await asyncio.sleep(0.1)
+    assert not retry.done()  # it waits for the first attempt
+    await store.complete(OWNER, "key-1", RESULT)
+    assert await asyncio.wait_for(retry, 1.5) == RESULT
 
 
 async def test_concurrent_first_requests_run_the_turn_once(client: aioredis.Redis) -> None:
@@ -123,15 +124,17 @@ async def test_keys_are_per_owner(client: aioredis.Redis) -> None:
 
 
 async def test_records_expire(client: aioredis.Redis) -> None:
-    store = idem_store(client, idempotency_pending_ttl=0.2, idempotency_wait=0.0)
+    store = idem_store(client, idempotency_pending_ttl=60.0, idempotency_wait=0.0)
     assert await store.begin(OWNER, "crashed", "h") is None
     with pytest.raises(ConflictError):
         await store.begin(OWNER, "crashed", "h")
-    await asyncio.sleep(0.3)  # the first attempt's process died: its reservation lapses
+    name = store.keys.idempotency(OWNER, "crashed")
+    assert 59_000 < await client.pttl(name) <= 60_000  # the reservation lasts the pending ttl
+    await client.pexpire(name, 1)  # the first attempt's process died: its reservation lapses
+    await asyncio.sleep(0.01)
     assert await store.begin(OWNER, "crashed", "h") is None
 
     await store.complete(OWNER, "crashed", RESULT)
-    name = store.keys.idempotency(OWNER, "crashed")
     assert 23 * 3_600_000 < await client.pttl(name) <= 24 * 3_600_000
     assert b"crashed" not in name.encode() and "crashed" not in str(await client.keys("*"))
 

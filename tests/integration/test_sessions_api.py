@@ -203,16 +203,16 @@ def test_list_limit_is_validated(cascade: Cascade, limit: int) -> None:
 
 
 def test_redis_down_is_a_503_and_a_redis_restart_needs_no_api_restart(
-    cascade: Cascade, sim: SimHandle, redis_server: RedisServer
+    cascade: Cascade, sim: SimHandle, own_redis_server: RedisServer
 ) -> None:
     sim.sim.add_rule(Rule(output="ok"))
     session_id = new_session(cascade.url)
-    redis_server.kill()
+    own_redis_server.kill()
     down = turn(cascade.url, session_id, "while redis is down")
     assert down.status_code == 503
     assert down.json()["error"]["code"] == "storage_unavailable"
     assert down.headers["retry-after"]
-    redis_server.start()  # same port and data (AOF)
+    own_redis_server.start()  # same port and data (AOF)
     again = turn(cascade.url, session_id, "after the restart")
     assert again.status_code == 200, again.text
     messages = httpx.get(f"{cascade.url}/v1/sessions/{session_id}").json()["messages"]
@@ -245,7 +245,7 @@ def test_deleting_a_session_deletes_its_idempotent_replays(
 
 
 def test_a_turn_cut_by_a_redis_crash_leaves_the_session_usable_once_redis_is_back(
-    cascade: Cascade, sim: SimHandle, redis_server: RedisServer
+    cascade: Cascade, sim: SimHandle, own_redis_server: RedisServer
 ) -> None:
     sim.sim.add_rule(Rule(match="long", output="word " * 150, tpot=0.01))
     sim.sim.add_rule(Rule(match="after", output="fine"))
@@ -260,11 +260,11 @@ def test_a_turn_cut_by_a_redis_crash_leaves_the_session_usable_once_redis_is_bac
         assert response.status_code == 200
         lines = response.iter_lines()
         next(line for line in lines if '"content"' in line)  # the turn holds its lock now
-        redis_server.kill()  # the lock stays in the AOF; its holder cannot release it
+        own_redis_server.kill()  # the lock stays in the AOF; its holder cannot release it
         with contextlib.suppress(httpx.RemoteProtocolError):  # the turn ends, its commit failed
             for _ in lines:
                 pass
-    redis_server.start()
+    own_redis_server.start()
     started = time.monotonic()
     again = turn(cascade.url, session_id, "after the crash")
     elapsed = time.monotonic() - started
@@ -273,7 +273,7 @@ def test_a_turn_cut_by_a_redis_crash_leaves_the_session_usable_once_redis_is_bac
 
 
 def test_a_turn_frozen_by_a_paused_redis_leaves_the_session_usable_once_redis_is_back(
-    cascade: Cascade, sim: SimHandle, redis_server: RedisServer
+    cascade: Cascade, sim: SimHandle, own_redis_server: RedisServer
 ) -> None:
     sim.sim.add_rule(Rule(match="long", output="word " * 150, tpot=0.01))
     sim.sim.add_rule(Rule(match="after", output="fine"))
@@ -287,11 +287,11 @@ def test_a_turn_frozen_by_a_paused_redis_leaves_the_session_usable_once_redis_is
     with httpx.stream("POST", cascade.url + CHAT, json=body, timeout=30) as response:
         lines = response.iter_lines()
         next(line for line in lines if '"content"' in line)
-        redis_server.pause()  # the commit, the lock's renewal and its release all time out
+        own_redis_server.pause()  # the commit, the lock's renewal and its release all time out
         with contextlib.suppress(httpx.RemoteProtocolError):
             for _ in lines:
                 pass
-    redis_server.resume()  # commands that timed out while frozen may run now
+    own_redis_server.resume()  # commands that timed out while frozen may run now
     started = time.monotonic()
     again = turn(cascade.url, session_id, "after the pause")
     elapsed = time.monotonic() - started
@@ -300,11 +300,11 @@ def test_a_turn_frozen_by_a_paused_redis_leaves_the_session_usable_once_redis_is
 
 
 def test_paused_redis_fails_fast_and_recovers(
-    cascade: Cascade, sim: SimHandle, redis_server: RedisServer
+    cascade: Cascade, sim: SimHandle, own_redis_server: RedisServer
 ) -> None:
     sim.sim.add_rule(Rule(output="ok"))
     session_id = new_session(cascade.url)
-    redis_server.pause()
+    own_redis_server.pause()
     try:
         started = time.monotonic()
         ready = httpx.get(f"{cascade.url}/readyz", timeout=30)
@@ -328,7 +328,7 @@ def test_paused_redis_fails_fast_and_recovers(
         assert busy.status_code == 503
         assert busy.json()["error"]["code"] == "storage_unavailable"
     finally:
-        redis_server.resume()
+        own_redis_server.resume()
     assert httpx.get(f"{cascade.url}/readyz", timeout=5).status_code == 200
     assert httpx.get(f"{cascade.url}/v1/sessions", timeout=5).status_code == 200
     again = turn(cascade.url, session_id, "after the thaw")

@@ -24,6 +24,7 @@ from app.sessions import (
 )
 from app.sessions.idempotency import IdempotencyStore
 from app.sessions.lock import RedisLock
+from tests.clock import ManualClock
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -219,6 +220,26 @@ async def test_second_turn_waits_for_the_lock_then_gets_409(client: aioredis.Red
         assert time.monotonic() - started >= 0.05
     await first
     assert await client.exists(store.keys.lock(session.id)) == 0
+
+
+async def test_a_waiting_acquire_gives_up_when_its_wait_is_over_by_its_clock(
+    client: aioredis.Redis,
+) -> None:
+    clock = ManualClock()
+    key = "t:lock:clocked"
+    await client.set(key, "other-holder", px=60_000)
+    lock = RedisLock(client, key, ttl=30.0, wait=30.0, message="busy", clock=clock)
+    waiting = asyncio.create_task(lock.acquire())
+    await asyncio.sleep(0.1)  # it tries a few times
+    assert not waiting.done()
+    clock.advance(29.9)
+    await asyncio.sleep(0.1)
+    assert not waiting.done()  # still within its wait
+    clock.advance(0.2)
+    with pytest.raises(ConflictError) as caught:
+        await asyncio.wait_for(waiting, 1.5)  # gives up at its next try
+    assert caught.value.message == "busy" and caught.value.status == 409
+    assert await client.get(key) == b"other-holder"
 
 
 async def test_lock_renewal_keeps_a_long_turn_locked(client: aioredis.Redis) -> None:
@@ -445,13 +466,13 @@ async def test_export_is_the_whole_session_as_json(store: SessionStore) -> None:
 
 
 async def test_a_redis_restart_loses_no_committed_session(
-    redis_server: RedisServer, store: SessionStore
+    own_redis_server: RedisServer, store: SessionStore
 ) -> None:
     info = await store.create(OWNER, title="durable", messages=history())
     info = await store.append_turn(info.id, OWNER, turn(1), expected_version=0)
-    redis_server.restart()  # SIGKILL, then start on the same AOF
+    own_redis_server.restart()  # SIGKILL, then start on the same AOF
 
-    fresh = aioredis.Redis.from_url(redis_server.url)
+    fresh = aioredis.Redis.from_url(own_redis_server.url)
     try:
         loaded, messages = await SessionStore(fresh).load(info.id, OWNER)
     finally:
@@ -548,37 +569,37 @@ async def _wait_until_free(client: aioredis.Redis, key: str, seconds: float) -> 
 
 
 async def test_a_release_that_fails_while_redis_is_down_happens_once_it_is_back(
-    redis_server: RedisServer,
+    own_redis_server: RedisServer,
 ) -> None:
-    client = redis_client(redis_server.url)
+    client = redis_client(own_redis_server.url)
     try:
         # a long lease: only the late release can free the lock within the bound below
         store = SessionStore(client, SessionSettings(turn_lock_ttl=30.0, turn_lock_wait=0.0))
         session = await store.create(OWNER)
         lock = store.turn_lock(session.id)
         await lock.__aenter__()
-        redis_server.kill()  # the lock is in the AOF
+        own_redis_server.kill()  # the lock is in the AOF
         await lock.__aexit__(None, None, None)  # cannot reach Redis: no error, retried later
-        redis_server.start()
+        own_redis_server.start()
         await _wait_until_free(client, store.keys.lock(session.id), 3.0)
     finally:
         await client.aclose()
 
 
 async def test_an_acquire_cut_by_a_frozen_redis_leaves_no_lock_behind(
-    redis_server: RedisServer,
+    own_redis_server: RedisServer,
 ) -> None:
-    client = redis_client(redis_server.url, RedisSettings(redis_socket_timeout=0.3))
+    client = redis_client(own_redis_server.url, RedisSettings(redis_socket_timeout=0.3))
     try:
         store = SessionStore(client, SessionSettings(turn_lock_ttl=30.0, turn_lock_wait=2.0))
         session = await store.create(OWNER)
-        redis_server.pause()
+        own_redis_server.pause()
         started = time.monotonic()
         with pytest.raises(redis.exceptions.TimeoutError):
             async with store.turn_lock(session.id):
                 pass
         assert time.monotonic() - started < 1.0  # one socket timeout, no retries of it
-        redis_server.resume()  # the SET that timed out may still run now
+        own_redis_server.resume()  # the SET that timed out may still run now
         started = time.monotonic()
         async with store.turn_lock(session.id):
             assert time.monotonic() - started < 2.0

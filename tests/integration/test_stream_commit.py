@@ -74,14 +74,14 @@ def text_of(events: list[dict[str, Any] | str]) -> str:
 
 
 def test_redis_restarting_at_commit_time_still_stores_the_turn(
-    cascade: Cascade, sim: SimHandle, redis_server: RedisServer
+    cascade: Cascade, sim: SimHandle, own_redis_server: RedisServer
 ) -> None:
     session_id = new_session(cascade, sim)
     sim.sim.add_rule(Rule(match="tell me", output=ANSWER, tpot=0.02))
 
     def outage() -> None:
-        redis_server.kill()
-        threading.Timer(3.0, redis_server.start).start()  # longer than the client's own retries
+        own_redis_server.kill()
+        threading.Timer(3.0, own_redis_server.start).start()  # longer than the client's own retries
 
     events = stream_turn(cascade, session_id, outage)
     assert events[-1] == "[DONE]"
@@ -93,12 +93,12 @@ def test_redis_restarting_at_commit_time_still_stores_the_turn(
 
 
 def test_redis_gone_at_commit_time_ends_the_stream_with_an_error_and_done(
-    cascade: Cascade, sim: SimHandle, redis_server: RedisServer
+    cascade: Cascade, sim: SimHandle, own_redis_server: RedisServer
 ) -> None:
     session_id = new_session(cascade, sim)
     sim.sim.add_rule(Rule(match="tell me", output=ANSWER, tpot=0.02))
     with structlog.testing.capture_logs() as logs:
-        events = stream_turn(cascade, session_id, redis_server.kill)
+        events = stream_turn(cascade, session_id, own_redis_server.kill)
     assert text_of(events) == ANSWER  # the client has the answer ...
     assert events[-1] == "[DONE]"  # ... and a proper end
     errors = [e for e in events if isinstance(e, dict) and "error" in e]
@@ -111,6 +111,6 @@ def test_redis_gone_at_commit_time_ends_the_stream_with_an_error_and_done(
     ]
     failed = [e for e in logs if e["event"] == "turn_commit_failed"]
     assert failed and failed[0]["session_id"] == session_id
-    redis_server.start()
+    own_redis_server.start()
     history = httpx.get(f"{cascade.url}/v1/sessions/{session_id}", timeout=10).json()
     assert len(history["messages"]) == 2  # the turn was not stored, and the log says so

@@ -103,10 +103,10 @@ async def test_memory_needs_redis_and_writes_need_policy(redis: aioredis.Redis) 
     assert not read_ok.is_error
 
 
-async def test_redis_down_is_a_tool_error(redis_server: RedisServer) -> None:
-    client = aioredis.Redis.from_url(redis_server.url, socket_connect_timeout=0.5)
+async def test_redis_down_is_a_tool_error(own_redis_server: RedisServer) -> None:
+    client = aioredis.Redis.from_url(own_redis_server.url, socket_connect_timeout=0.5)
     try:
-        redis_server.kill()
+        own_redis_server.kill()
         result = await run(registry(), client, "o", "memory_recall")
     finally:
         await client.aclose()
