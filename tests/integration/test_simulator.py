@@ -3,8 +3,8 @@
 Expected shapes come from SGLang 0.5.23's source (serving_chat.py, protocol.py, sse_utils.py,
 usage_processor.py, http_server.py, tokenizer_manager.py, scheduler.py) and from what a real
 SGLang runtime was seen to do (the docstrings of `tests.sglang_sim` name it); token counts are
-computed with the simulator's documented tokenizer approximation (`tests.sglang_sim.tokens`) and the project's chat template.
-"""
+computed with the simulator's documented tokenizer approximation (`tests.sglang_sim.tokens`) and
+the project's chat template."""
 
 from __future__ import annotations
 

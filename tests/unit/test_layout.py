@@ -1,9 +1,8 @@
 """Import direction, read from the source (ast), not from what happens to be imported at run time.
 
 The picture in docs/architecture.md: doors (`app.api`, and the CLI `app.cli`) → turn engine
-(`app.agent`) → runtime/sessions/media/tools. Every import statement counts, including ones inside functions
-and under `TYPE_CHECKING`, so a lazy import cannot hide a wrong-way dependency.
-"""
+(`app.agent`) → runtime/sessions/media/tools. Every import statement counts, including ones
+inside functions and under `TYPE_CHECKING`, so a lazy import cannot hide a wrong-way dependency."""
 
 from __future__ import annotations
 
