@@ -161,7 +161,8 @@ class _Replay:
 
 async def _streamed(request: Request, req: ChatRequest, raw: bytes, owner: str) -> Response:
     """Start the turn's event stream and take its first item before answering: everything
-    that fails while the turn is opened and assembled (404, 409, 400, 503) is an HTTP error."""
+    that fails while the turn is opened and assembled, or before the runtime's first event
+    (404, 409, 400, 503), is an HTTP error."""
     events = _stream(request, req, raw, owner)
     try:
         first = await anext(events)
@@ -214,10 +215,16 @@ async def _stream(
         writer = ChunkWriter(cid=completion_id(), model=model)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         result: RunResult | None = None
+        started = False
         try:
-            yield writer.role(req.session_id)
             async with aclosing(run.events()) as events:
                 async for event in events:
+                    if not started:
+                        # The response begins with the run's first event: a runtime that is
+                        # down or refuses the request before that is an HTTP error (503 with
+                        # Retry-After, 400, ...), not a 200 with an error inside.
+                        started = True
+                        yield writer.role(req.session_id)
                     if isinstance(event, ContentDelta):
                         yield writer.content(event.text)
                     elif isinstance(event, ReasoningDelta):
@@ -241,6 +248,8 @@ async def _stream(
                 completion_body(result, cid=completion_id(), model=model, session_id=session_id)
             )
         except CascadeError as exc:
+            if not started:
+                raise  # nothing was sent and nothing ran to keep: a plain HTTP error
             # Headers are gone: the error travels as an error event, then the stream ends.
             log.warning("stream_failed", code=exc.code, status=exc.status)
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
