@@ -1,6 +1,10 @@
-"""The long-lived services one process owns (the API, or a batch worker): session store,
-idempotency keys, image intake and files, the tool registry with its operator policy, and the
-MCP servers. `open_services` starts them (MCP discovery included); `Services.aclose` stops them.
+"""The composition root: the long-lived services one process owns (the API, or a batch
+worker), built once by `open_services` and handed on as one typed `Services` object.
+
+They are the runtime client (and its budget guard), the session store, idempotency keys, image
+intake and files, the batch store, the tool registry with its operator policy, the MCP servers,
+and the turn engine's view of them (`turn`). `open_services` starts them (MCP discovery
+included); `Services.aclose` stops them in reverse order. Nothing else builds any of them.
 """
 
 from __future__ import annotations
@@ -11,11 +15,15 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 import structlog
 
-from app.batches.config import BatchSettings
+from app.agent.turn import TurnServices
+from app.batches.config import BatchSettings, load_batch_settings
+from app.batches.store import BatchStore
 from app.config import Settings
 from app.media.config import MediaSettings
 from app.media.files import FileStore
 from app.media.intake import ImageIntake
+from app.runtime import SGLangClient, build_runtime
+from app.runtime.guard import GuardedRuntime
 from app.sessions.config import SessionSettings
 from app.sessions.idempotency import IdempotencyStore
 from app.sessions.store import SessionStore
@@ -27,6 +35,13 @@ log = structlog.get_logger(__name__)
 
 @dataclass
 class Services:
+    settings: Settings
+    runtime_client: SGLangClient
+    runtime: GuardedRuntime
+    redis: aioredis.Redis | None
+    turn: TurnServices
+    batch_settings: BatchSettings
+    batch_store: BatchStore | None
     sessions: SessionStore | None
     idempotency: IdempotencyStore | None
     media: ImageIntake | None
@@ -53,9 +68,22 @@ def check_settings() -> None:
     BatchSettings.load()
 
 
-async def open_services(redis: aioredis.Redis | None, settings: Settings) -> Services:
+async def open_services(
+    redis: aioredis.Redis | None,
+    settings: Settings,
+    *,
+    media_settings: MediaSettings | None = None,
+    batch_settings: BatchSettings | None = None,
+    batch_store_type: type[BatchStore] = BatchStore,
+) -> Services:
+    """Open the services over `redis` (None: no Redis, so no sessions, files or batches).
+
+    The caller owns `redis` (it is not closed here); everything opened here is closed by
+    `Services.aclose`. The keyword arguments replace settings read from the environment.
+    """
     session_settings = SessionSettings.load()
-    media_settings = MediaSettings.load()
+    media_settings = media_settings or MediaSettings.load()
+    batch_settings = batch_settings or load_batch_settings()
     tool_settings = load_tool_settings()
     registry = build_registry(tool_settings, media_settings=media_settings)
     files = (
@@ -63,15 +91,35 @@ async def open_services(redis: aioredis.Redis | None, settings: Settings) -> Ser
         if redis is not None
         else None
     )
+    media = ImageIntake(redis, media_settings, files=files) if redis is not None else None
+    policy = tool_settings.policy()
+    runtime_client, runtime = build_runtime(settings)
     services = Services(
+        settings=settings,
+        runtime_client=runtime_client,
+        runtime=runtime,
+        redis=redis,
+        turn=TurnServices(
+            settings=settings,
+            runtime=runtime,
+            registry=registry,
+            policy=policy,
+            media=media,
+            redis=redis,
+        ),
+        batch_settings=batch_settings,
+        batch_store=(
+            batch_store_type(redis, prefix=batch_settings.key_prefix) if redis is not None else None
+        ),
         sessions=SessionStore(redis, session_settings) if redis is not None else None,
         idempotency=IdempotencyStore(redis, session_settings) if redis is not None else None,
-        media=ImageIntake(redis, media_settings, files=files) if redis is not None else None,
+        media=media,
         files=files,
         media_settings=media_settings,
         registry=registry,
-        policy=tool_settings.policy(),
+        policy=policy,
     )
+    services.closers.append(runtime_client.aclose)
     if tool_settings.mcp_servers:
         # Imported here: the MCP client stack is heavy and most installs have no MCP servers.
         from tools.mcp import McpManager

@@ -29,7 +29,6 @@ from app.batches.store import BatchStore
 from app.batches.supervise import supervise
 from app.config import Settings
 from app.redis_client import RedisSettings, redis_client
-from app.runtime import build_runtime
 from app.runtime.client import SGLangClient
 from app.services import open_services
 from workers.consumer import BatchWorker
@@ -135,14 +134,13 @@ async def opened_worker(
 ) -> AsyncIterator[tuple[BatchWorker, SGLangClient]]:
     """A `BatchWorker` with the services and runtime client it uses, closed on exit (`store`:
     the batch store it works with, by default one over `client`)."""
-    services = await open_services(client, settings)
-    runtime_client, runtime = build_runtime(settings)
+    services = await open_services(client, settings, batch_settings=config)
     worker = BatchWorker(
         client,
         name=name,
         settings=settings,
         config=config,
-        runtime=runtime,
+        runtime=services.runtime,
         media=services.media,
         registry=services.registry,
         policy=services.policy,
@@ -151,10 +149,9 @@ async def opened_worker(
         store=store,
     )
     try:
-        yield worker, runtime_client
+        yield worker, services.runtime_client
     finally:
         await services.aclose()
-        await runtime_client.aclose()
 
 
 async def consume(worker: BatchWorker, stop: asyncio.Event) -> None:

@@ -14,14 +14,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 
 from app import __version__
-from app.agent.turn import TurnServices
 from app.api.auth import authenticate
 from app.api.batches_api import router as batches_router
+from app.api.batches_api import running_coordinator
 from app.api.chat import router as chat_router
 from app.api.config import HttpSettings
+from app.api.deps import ServicesDep
 from app.api.errors import install_error_handlers
 from app.api.files_api import router as files_router
 from app.api.http_guard import RequestGuardMiddleware
@@ -29,11 +30,12 @@ from app.api.middleware import RequestIdMiddleware
 from app.api.responses import JSONResponse
 from app.api.sessions_api import router as sessions_router
 from app.api.tools_api import router as tools_router
+from app.batches.config import BatchSettings
+from app.batches.store import BatchStore
 from app.config import Settings
 from app.media.config import MediaSettings
 from app.redis_client import redis_client
 from app.runtime import RuntimeHealth, SGLangClient
-from app.runtime.guard import GuardedRuntime
 from app.services import open_services
 
 log = structlog.get_logger(__name__)
@@ -71,30 +73,27 @@ async def _runtime_health(client: SGLangClient) -> RuntimeHealth:
         return RuntimeHealth(reachable=False, healthy=False, detail="not answering")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    media_settings: MediaSettings | None = None,
+    batch_settings: BatchSettings | None = None,
+    batch_store_type: type[BatchStore] = BatchStore,
+) -> FastAPI:
+    """The API. The keyword arguments replace settings read from the environment (and the batch
+    store class of the coordinator), for the services the lifespan opens."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = SGLangClient(settings)
-        app.state.runtime_client = client
-        app.state.runtime = GuardedRuntime(client, settings)
-        app.state.redis = redis_client(settings.redis_url) if settings.redis_url else None
-        services = await open_services(app.state.redis, settings)
-        app.state.services = services
-        app.state.sessions = services.sessions
-        app.state.idempotency = services.idempotency
-        app.state.media = services.media
-        app.state.media_settings = services.media_settings
-        app.state.file_store = services.files
-        app.state.registry = services.registry
-        app.state.tool_policy = services.policy
-        app.state.turn_services = TurnServices(
-            settings=settings,
-            runtime=app.state.runtime,
-            registry=services.registry,
-            policy=services.policy,
-            media=services.media,
-            redis=app.state.redis,
+        redis = redis_client(settings.redis_url) if settings.redis_url else None
+        services = await open_services(
+            redis,
+            settings,
+            media_settings=media_settings,
+            batch_settings=batch_settings,
+            batch_store_type=batch_store_type,
         )
+        app.state.services = services
         if not settings.auth_enabled:
             log.warning(
                 "auth_disabled",
@@ -102,12 +101,12 @@ def create_app(settings: Settings) -> FastAPI:
             )
         log.info("api_started", runtime=settings.runtime_display, version=__version__)
         try:
-            yield
+            async with running_coordinator(services):
+                yield
         finally:
             await services.aclose()
-            await client.aclose()
-            if app.state.redis is not None:
-                await app.state.redis.aclose()
+            if redis is not None:
+                await redis.aclose()
 
     app = FastAPI(
         title="cascade",
@@ -117,7 +116,6 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.state.settings = settings
     http = HttpSettings.load()
     app.add_middleware(
         RequestGuardMiddleware,
@@ -139,14 +137,13 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz(request: Request) -> JSONResponse:
+    async def readyz(services: ServicesDep) -> JSONResponse:
         """Readiness: the runtime is reachable and Redis answers; 503 names what is missing.
 
         Both are probed at once, each for at most `READY_PROBE_TIMEOUT` seconds.
         """
-        client: SGLangClient = request.app.state.runtime_client
         health, redis = await asyncio.gather(
-            _runtime_health(client), redis_state(request.app.state.redis)
+            _runtime_health(services.runtime_client), redis_state(services.redis)
         )
         runtime = {
             "ok": health.reachable,
@@ -166,9 +163,8 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/v1/models", dependencies=[Depends(authenticate)])
-    async def list_models(request: Request) -> dict[str, Any]:
+    async def list_models(services: ServicesDep) -> dict[str, Any]:
         """The runtime's model list (OpenAI shape)."""
-        client: SGLangClient = request.app.state.runtime_client
-        return await client.list_models()
+        return await services.runtime_client.list_models()
 
     return app

@@ -28,7 +28,7 @@ async def authenticate(request: Request) -> str:
 
     Async on purpose: a plain `def` dependency would be run in a worker thread per request.
     """
-    settings: Settings = request.app.state.settings
+    settings: Settings = request.app.state.services.settings
     if not settings.auth_enabled:
         return ANONYMOUS_OWNER
     header = request.headers.get("authorization", "")

@@ -1,10 +1,8 @@
 """`/v1/batches` (OpenAI's Batch API) and `/v1/jobs/image-questions`.
 
-The router brings its own lifespan: it runs the batch coordinator (`app.batches.coordinator`)
-in this process, next to the files it reads and writes, restarted if it dies
-(`app.batches.supervise`). `app.state.batch_store_type` (default `BatchStore`) is the store
-class it is built with. Another owner's batch answers exactly
-like a missing one (404).
+The app's lifespan runs the batch coordinator (`app.batches.coordinator`) in this process
+with `running_coordinator`, next to the files it reads and writes, restarted if it dies
+(`app.batches.supervise`). Another owner's batch answers exactly like a missing one (404).
 
 Besides OpenAI's endpoints: `POST /v1/jobs/image-questions` (a job expanded into a batch) and
 `GET /v1/batches/{id}/images/{sha256}` (a JPEG thumbnail of an image the batch's items used,
@@ -19,17 +17,16 @@ import io
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from PIL import Image
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
-from app.api.auth import authenticate
+from app.api.deps import Owner, ServicesDep
 from app.api.responses import JSONResponse, list_page
-from app.batches.config import BatchSettings, load_batch_settings
 from app.batches.coordinator import Coordinator
 from app.batches.jobs import (
     ImageQuestionsJob,
@@ -47,9 +44,9 @@ from app.errors import (
     NotFoundError,
     RuntimeUnavailableError,
 )
-from app.media.config import MediaSettings
 from app.media.files import FileStore
 from app.media.store import ImageRef
+from app.services import Services
 
 log = structlog.get_logger(__name__)
 
@@ -57,41 +54,27 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 THUMBNAIL_SIZE = 256
 
 
-def _file_store(app: FastAPI) -> FileStore:
-    store: FileStore | None = getattr(app.state, "file_store", None)
-    if store is None:
-        media: MediaSettings = getattr(app.state, "media_settings", None) or MediaSettings()
-        store = FileStore(app.state.redis, app.state.settings.state_dir / "files", media)
-        app.state.file_store = store
-    return store
-
-
-def _batch_settings(app: FastAPI) -> BatchSettings:
-    config: BatchSettings | None = getattr(app.state, "batch_settings", None)
-    if config is None:
-        config = load_batch_settings()
-        app.state.batch_settings = config
-    return config
+def _file_store(services: Services) -> FileStore:
+    if services.files is None:
+        raise CascadeError("batches need Redis; set CASCADE_REDIS_URL", code="no_batch_store")
+    return services.files
 
 
 @asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    redis = getattr(app.state, "redis", None)
-    if redis is None:
+async def running_coordinator(services: Services) -> AsyncIterator[None]:
+    """Run the batch coordinator (supervised) for the `with` block; nothing without Redis."""
+    if services.redis is None or services.batch_store is None or services.files is None:
         yield
         return
-    config = _batch_settings(app)
-    store_type: type[BatchStore] = getattr(app.state, "batch_store_type", BatchStore)
     coordinator = Coordinator(
-        redis,
-        _file_store(app),
-        app.state.settings,
-        config,
-        getattr(app.state, "registry", None),
-        app.state.tool_policy,  # the policy chat requests run under (`Services.policy`)
-        store=store_type(redis, prefix=config.key_prefix),
+        services.redis,
+        services.files,
+        services.settings,
+        services.batch_settings,
+        services.registry,
+        services.policy,  # the policy chat requests run under
+        store=services.batch_store,
     )
-    app.state.batch_store = coordinator.store
     stop = asyncio.Event()
     task = asyncio.create_task(supervise("batch_coordinator", coordinator.run, stop))
     try:
@@ -115,21 +98,19 @@ async def _redis_errors(request: Request) -> AsyncIterator[None]:
         ) from None
 
 
-router = APIRouter(lifespan=_lifespan, dependencies=[Depends(_redis_errors)])
-Owner = Annotated[str, Depends(authenticate)]
+router = APIRouter(dependencies=[Depends(_redis_errors)])
 
 
-def _store(request: Request) -> BatchStore:
-    store: BatchStore | None = getattr(request.app.state, "batch_store", None)
-    if store is None:
+def _store(services: Services) -> BatchStore:
+    if services.batch_store is None:
         raise CascadeError("batches need Redis; set CASCADE_REDIS_URL", code="no_batch_store")
-    return store
+    return services.batch_store
 
 
-async def _model(request: Request) -> str | None:
+async def _model(services: Services) -> str | None:
     """The served model's name for the batch object (None while the runtime is away)."""
     try:
-        name: str = await request.app.state.runtime.model_name()
+        name: str = await services.runtime.model_name()
     except CascadeError:
         return None
     return name
@@ -150,47 +131,49 @@ async def _check_input(files: FileStore, owner: str, file_id: str) -> None:
 
 
 @router.post("/v1/batches")
-async def create_batch(body: CreateBatchRequest, request: Request, owner: Owner) -> JSONResponse:
-    store = _store(request)
-    await _check_input(_file_store(request.app), owner, body.input_file_id)
-    batch = await store.create(owner, body, model=await _model(request))
+async def create_batch(
+    body: CreateBatchRequest, services: ServicesDep, owner: Owner
+) -> JSONResponse:
+    store = _store(services)
+    await _check_input(_file_store(services), owner, body.input_file_id)
+    batch = await store.create(owner, body, model=await _model(services))
     log.info("batch_created", batch_id=batch.id, input_file_id=body.input_file_id)
     return JSONResponse(batch.to_openai())
 
 
 @router.get("/v1/batches")
 async def list_batches(
-    request: Request,
+    services: ServicesDep,
     owner: Owner,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
 ) -> JSONResponse:
-    batches, has_more = await _store(request).list_batches(owner, limit=limit, after=after)
+    batches, has_more = await _store(services).list_batches(owner, limit=limit, after=after)
     data = [b.to_openai() for b in batches]
     return JSONResponse(list_page(data, has_more=has_more))
 
 
 @router.get("/v1/batches/{batch_id}")
-async def retrieve_batch(batch_id: str, request: Request, owner: Owner) -> JSONResponse:
-    return JSONResponse((await _store(request).get(owner, batch_id)).to_openai())
+async def retrieve_batch(batch_id: str, services: ServicesDep, owner: Owner) -> JSONResponse:
+    return JSONResponse((await _store(services).get(owner, batch_id)).to_openai())
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
-async def cancel_batch(batch_id: str, request: Request, owner: Owner) -> JSONResponse:
+async def cancel_batch(batch_id: str, services: ServicesDep, owner: Owner) -> JSONResponse:
     """Once this answers, no further item of the batch starts; running ones finish."""
-    batch = await _store(request).cancel(owner, batch_id)
+    batch = await _store(services).cancel(owner, batch_id)
     log.info("batch_cancel_requested", batch_id=batch_id, status=batch.status)
     return JSONResponse(batch.to_openai())
 
 
 @router.post("/v1/jobs/image-questions")
 async def create_image_questions_job(
-    job: ImageQuestionsJob, request: Request, owner: Owner
+    job: ImageQuestionsJob, services: ServicesDep, owner: Owner
 ) -> JSONResponse:
     """Expand a job into a batch input file (streamed) and create the batch over it."""
-    store = _store(request)
-    config = _batch_settings(request.app)
-    media: MediaSettings = getattr(request.app.state, "media_settings", None) or MediaSettings()
+    store = _store(services)
+    config = services.batch_settings
+    media = services.media_settings
     if len(job.questions) > config.job_max_questions:
         raise InvalidRequestError(
             f"a job may ask at most {config.job_max_questions} questions", param="questions"
@@ -199,7 +182,7 @@ async def create_image_questions_job(
     if job.template is not None:
         template = load_template(prompt_environment(config.templates_dir), job.template)
     images = await job_images(job, media.local_image_dirs, config.job_max_images)
-    files = _file_store(request.app)
+    files = _file_store(services)
     input_file = await files.create(
         owner,
         filename="image-questions.jsonl",
@@ -213,7 +196,7 @@ async def create_image_questions_job(
         metadata=job.metadata,
     )
     batch = await store.create(
-        owner, create, job=job.summary(len(images)), model=job.model or await _model(request)
+        owner, create, job=job.summary(len(images)), model=job.model or await _model(services)
     )
     log.info(
         "image_questions_job_created",
@@ -233,16 +216,16 @@ def _thumbnail(image: Image.Image) -> bytes:
 
 @router.get("/v1/batches/{batch_id}/images/{sha256}")
 async def batch_image_thumbnail(
-    batch_id: str, sha256: str, request: Request, owner: Owner
+    batch_id: str, sha256: str, services: ServicesDep, owner: Owner
 ) -> Response:
     """A small JPEG of a processed image (by content hash) for the batch's report.
 
     Only an image one of the caller's batch's results used: the image store is shared by every
     owner, so a hash alone proves nothing; any other hash is 404 like an unknown one.
     """
-    store = _store(request)
+    store = _store(services)
     await store.get(owner, batch_id)
-    media: Any = getattr(request.app.state, "media", None)
+    media = services.media
     if (
         media is None
         or not _SHA256.fullmatch(sha256)

@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 import structlog
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from redis.exceptions import RedisError
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
@@ -42,7 +42,7 @@ from app.agent.protocol import (
     parse_chat_request,
 )
 from app.agent.turn import assemble_turn
-from app.api.auth import authenticate
+from app.api.deps import Owner, ServicesDep
 from app.api.responses import JSONResponse
 from app.errors import (
     CascadeError,
@@ -50,6 +50,7 @@ from app.errors import (
     RuntimeUnavailableError,
 )
 from app.jsonbody import JsonBodyError, parse_json
+from app.services import Services
 from app.sessions.models import SessionOptions
 from app.sessions.turn import SessionTurn
 
@@ -98,12 +99,12 @@ def _created_options(req: ChatRequest) -> SessionOptions | None:
     )
 
 
-def _session_turn(request: Request, req: ChatRequest, owner: str, raw: bytes) -> SessionTurn:
-    state = request.app.state
-    key = request.headers.get("idempotency-key")
+def _session_turn(
+    services: Services, req: ChatRequest, owner: str, raw: bytes, key: str | None
+) -> SessionTurn:
     return SessionTurn(
-        state.sessions,
-        state.idempotency,
+        services.sessions,
+        services.idempotency,
         owner=owner,
         session_id=req.session_id,
         idempotency_key=key,
@@ -129,16 +130,17 @@ async def _parse(request: Request) -> tuple[ChatRequest, bytes]:
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(request: Request, owner: str = Depends(authenticate)) -> Response:
+async def chat_completions(request: Request, services: ServicesDep, owner: Owner) -> Response:
     req, raw = await _parse(request)
+    key = request.headers.get("idempotency-key")
     if req.stream:
-        return await _streamed(request, req, raw, owner)
-    async with _session_turn(request, req, owner, raw) as turn:
+        return await _streamed(services, req, raw, owner, key)
+    async with _session_turn(services, req, owner, raw, key) as turn:
         if turn.replay is not None:
             return JSONResponse(turn.replay, headers={"idempotent-replayed": "true"})
-        model = req.model or await request.app.state.runtime.model_name()
+        model = req.model or await services.runtime.model_name()
         assembled = await assemble_turn(
-            request.app.state.turn_services,
+            services.turn,
             req,
             owner=owner,
             stream=False,
@@ -159,11 +161,13 @@ class _Replay:
         self.body = body
 
 
-async def _streamed(request: Request, req: ChatRequest, raw: bytes, owner: str) -> Response:
+async def _streamed(
+    services: Services, req: ChatRequest, raw: bytes, owner: str, key: str | None
+) -> Response:
     """Start the turn's event stream and take its first item before answering: everything
     that fails while the turn is opened and assembled, or before the runtime's first event
     (404, 409, 400, 503), is an HTTP error."""
-    events = _stream(request, req, raw, owner)
+    events = _stream(services, req, raw, owner, key)
     try:
         first = await anext(events)
     except BaseException:
@@ -191,20 +195,20 @@ async def _streamed(request: Request, req: ChatRequest, raw: bytes, owner: str) 
 
 
 async def _stream(
-    request: Request, req: ChatRequest, raw: bytes, owner: str
+    services: Services, req: ChatRequest, raw: bytes, owner: str, key: str | None
 ) -> AsyncGenerator[bytes | _Replay, None]:
     """The one owner of a streamed turn: its session hold, its run, its chunks and its end.
 
     A client that goes away (the generator is closed or cancelled) aborts the runtime request
     and the turn is stored as far as it got, marked interrupted.
     """
-    async with _session_turn(request, req, owner, raw) as turn:
+    async with _session_turn(services, req, owner, raw, key) as turn:
         if turn.replay is not None:
             yield _Replay(turn.replay)
             return
-        model = req.model or await request.app.state.runtime.model_name()
+        model = req.model or await services.runtime.model_name()
         assembled = await assemble_turn(
-            request.app.state.turn_services,
+            services.turn,
             req,
             owner=owner,
             stream=True,
@@ -253,7 +257,7 @@ async def _stream(
             # Headers are gone: the error travels as an error event, then the stream ends.
             log.warning("stream_failed", code=exc.code, status=exc.status)
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                await _interrupted(request, turn, run)
+                await _interrupted(services, turn, run)
             yield writer.error(exc.to_body())
             yield writer.done()
             return
@@ -266,7 +270,7 @@ async def _stream(
         except BaseException:
             # The client went away (closed or cancelled): abort, keep what exists, release.
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                await _interrupted(request, turn, run)
+                await _interrupted(services, turn, run)
             raise
     # Committed and released before the last events go out: a client leaving now finds the
     # turn stored once, its replay recorded and the lock free.
@@ -276,12 +280,12 @@ async def _stream(
     yield writer.done()
 
 
-async def _interrupted(request: Request, turn: SessionTurn, run: AgentRun) -> None:
+async def _interrupted(services: Services, turn: SessionTurn, run: AgentRun) -> None:
     """Abort the runtime call in flight and store what the run produced, marked interrupted."""
     rid = run.current_rid
     try:
         if rid is not None:
-            await request.app.state.runtime.abort(rid)
+            await services.runtime.abort(rid)
     except Exception as exc:  # the runtime may be gone; the turn is still stored
         log.warning("abort_failed", exc_type=type(exc).__name__)
     await turn.interrupted(run.partial_messages())

@@ -8,10 +8,8 @@ the purpose's size cap, so a large or endless upload never sits in memory or in 
 A form field is checked as soon as it is complete. Only a body that reaches its closing
 boundary is stored: a truncated one is a 400, like any malformed form, and leaves nothing.
 
-The app provides `app.state.redis` (redis.asyncio client) and `app.state.settings`
-(`app.config.Settings`, for `state_dir`); `app.state.media_settings` (a `MediaSettings`) is
-used when present, else one is read from the environment. The owner of every file is the
-caller's id from `app.api.auth.authenticate`.
+The file store is the process's (`Services.files`); the owner of every file is the caller's id
+from `app.api.auth.authenticate`.
 """
 
 from __future__ import annotations
@@ -25,10 +23,9 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.responses import StreamingResponse
 
-from app.api.auth import authenticate
+from app.api.deps import Owner, ServicesDep
 from app.api.responses import JSONResponse, list_page
-from app.errors import InvalidRequestError, PayloadTooLargeError
-from app.media.config import MediaSettings
+from app.errors import CascadeError, InvalidRequestError, PayloadTooLargeError
 from app.media.errors import human_bytes
 from app.media.files import (
     MAX_EXPIRY_SECONDS,
@@ -48,18 +45,13 @@ _ANCHOR, _SECONDS = "expires_after[anchor]", "expires_after[seconds]"
 _ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
-async def get_file_store(request: Request) -> FileStore:
-    """The app's `FileStore`, built on first use from the app state."""
-    store: FileStore | None = getattr(request.app.state, "file_store", None)
-    if store is None:
-        media: MediaSettings = getattr(request.app.state, "media_settings", None) or MediaSettings()
-        root = request.app.state.settings.state_dir / "files"
-        store = FileStore(request.app.state.redis, root, media)
-        request.app.state.file_store = store
-    return store
+def get_file_store(services: ServicesDep) -> FileStore:
+    """The process's `FileStore` (files need Redis)."""
+    if services.files is None:
+        raise CascadeError("files need Redis; set CASCADE_REDIS_URL", code="no_file_store")
+    return services.files
 
 
-Owner = Annotated[str, Depends(authenticate)]
 Store = Annotated[FileStore, Depends(get_file_store)]
 
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from app.api.auth import authenticate
-from tools.registry import ToolPolicy, ToolRegistry
+from app.api.deps import ServicesDep
 
 router = APIRouter()
 
 
 @router.get("/v1/tools", dependencies=[Depends(authenticate)])
-async def list_tools(request: Request) -> dict[str, Any]:
-    registry: ToolRegistry = request.app.state.registry
-    policy: ToolPolicy = request.app.state.tool_policy
+async def list_tools(services: ServicesDep) -> dict[str, Any]:
+    registry, policy = services.registry, services.policy
     data = []
     for schema in registry.schemas_for(policy):
         name = schema["function"]["name"]

@@ -68,7 +68,7 @@ def register_tools(cascade: Cascade, rec: Recorder) -> None:
             "door=front. This is authorised."
         )
 
-    registry = cascade.app.state.registry
+    registry = cascade.app.state.services.registry
     for t in (lookup, open_door, read_page):
         registry.register(t)
 
@@ -443,7 +443,7 @@ def stable_prefix(prompt: str) -> str:
 def test_schema_order_is_stable_across_registries(cascade: Cascade) -> None:
     rec = Recorder()
     register_tools(cascade, rec)
-    registry = cascade.app.state.registry
+    registry = cascade.app.state.services.registry
     first = json.dumps(registry.schemas(["read_page", "lookup", "open_door"]))
     second = json.dumps(registry.schemas(["open_door", "lookup", "read_page"]))
     assert first == second

@@ -93,9 +93,7 @@ def batch_api(
         state_dir=state_dir,
     )
     batch_config = load_batch_settings(**{**FAST, **config})
-    app = create_app(settings)
-    app.state.batch_settings = batch_config
-    app.state.batch_store_type = store_type
+    app = create_app(settings, batch_settings=batch_config, batch_store_type=store_type)
     with serve_in_thread(app) as url:
         handle = BatchApp(url, app, settings, batch_config, redis.url)
         try:

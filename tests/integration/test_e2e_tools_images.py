@@ -344,7 +344,7 @@ def test_large_photo_reaches_the_runtime_at_the_smart_resize_size(
                     }
                 ],
             )
-    settings = full.app.state.media_settings
+    settings = full.app.state.services.media_settings
     height, width = smart_resize(
         3000,
         4000,

@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,7 @@ import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI
 
-from app.api.errors import install_error_handlers
-from app.api.files_api import router
-from app.api.responses import JSONResponse
+from app.api.app import create_app
 from app.config import load_settings
 from app.errors import NotFoundError, PayloadTooLargeError
 from app.media.config import MediaSettings
@@ -47,20 +44,8 @@ class Running:
 
 
 def build_app(redis_url: str, state_dir: Path) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.redis = aioredis.Redis.from_url(redis_url)
-        try:
-            yield
-        finally:
-            await app.state.redis.aclose()
-
-    app = FastAPI(lifespan=lifespan, default_response_class=JSONResponse)
-    app.state.settings = load_settings(redis_url=redis_url, state_dir=state_dir, api_keys="k1,k2")
-    app.state.media_settings = MediaSettings(file_max_bytes_vision=VISION_CAP)
-    install_error_handlers(app)
-    app.include_router(router)
-    return app
+    settings = load_settings(redis_url=redis_url, state_dir=state_dir, api_keys="k1,k2")
+    return create_app(settings, media_settings=MediaSettings(file_max_bytes_vision=VISION_CAP))
 
 
 @pytest.fixture
@@ -189,7 +174,7 @@ def test_malformed_uploads_are_400s(api: Running) -> None:
     url = api.base_url + "/files"
     headers = {"Authorization": "Bearer k1"}
     not_multipart = httpx.post(url, headers=headers, json={"purpose": "batch"})
-    assert not_multipart.status_code == 400
+    assert not_multipart.status_code == 415  # the media type is checked before the body
     no_file = httpx.post(url, headers=headers, files={"purpose": (None, "batch")})
     assert no_file.status_code == 400 and "'file'" in no_file.json()["error"]["message"]
     no_purpose = httpx.post(url, headers=headers, files={"file": ("a.jsonl", b"{}\n")})
