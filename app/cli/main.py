@@ -64,24 +64,38 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_runtime(args: argparse.Namespace) -> int:
-    from app.runtime.launch import PROFILES, build_launch_command, format_command
+    from app.runtime.launch import (
+        PINNED_SGLANG_VERSION,
+        PROFILES,
+        build_launch_command,
+        format_command,
+        version_notes,
+    )
 
     if args.list_profiles:
         for name, spec in PROFILES.items():
             print(f"{name:12s} {spec.description}")
         return 0
+    version = args.sglang_version or PINNED_SGLANG_VERSION
     argv = build_launch_command(
         args.profile,
         host=args.host,
         port=args.port,
         api_key_env=None if args.no_api_key else "CASCADE_RUNTIME_API_KEY",
+        sglang_version=version,
     )
+    header = [f"# SGLang {version} (cascade pins {PINNED_SGLANG_VERSION}), profile {args.profile}"]
+    header += [f"# note: {note}" for note in version_notes(version)]
     if args.print:
-        print(format_command(argv))
+        print("\n".join([*header, format_command(argv)]))
         return 0
     from app.cli.runtime import launch_and_wait
 
-    return launch_and_wait(argv, port=args.port, ready_timeout=args.ready_timeout)
+    for line in header:
+        print(f"cascade runtime: {line[2:]}", file=sys.stderr)
+    return launch_and_wait(
+        argv, port=args.port, ready_timeout=args.ready_timeout, sglang_version=version
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--profile", default="h100-fp8", help="hardware profile")
     runtime.add_argument("--print", action="store_true", help="print the command, do not run it")
     runtime.add_argument("--list-profiles", action="store_true", help="list the profiles")
+    runtime.add_argument(
+        "--sglang-version",
+        metavar="X.Y.Z",
+        help="SGLang version the command is for (default: the pinned one); older versions get "
+        "the flags they support, or a refusal with the reason",
+    )
     runtime.add_argument("--host", default="0.0.0.0")
     runtime.add_argument("--port", type=int, default=30000)
     runtime.add_argument(

@@ -105,3 +105,23 @@ def test_simulator_server_info_uses_sglang_field_names() -> None:
     live = {"startup_time", "internal_states", "version", "frontend"}
     info = Simulator()._server_info()
     assert set(info) - live <= fields
+
+
+def test_the_command_adapted_for_0_5_15_still_parses_and_leaves_template_kwargs_unset(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = _server_args(build_launch_command("h200-fp8", sglang_version="0.5.15"), capsys)
+    assert args.default_chat_template_kwargs is None
+    assert args.enable_strict_thinking is True
+    assert (args.reasoning_parser, args.tool_call_parser) == ("qwen3", "qwen3_coder")
+
+
+def test_launch_refuses_when_the_installed_sglang_is_another_version() -> None:
+    """`cascade runtime` checks the installed SGLang (here the contract suite's 0.5.23) against
+    the version the command was written for, before starting anything."""
+    from app.cli.runtime import preflight
+
+    problem = preflight("0.5.15")
+    assert problem is not None
+    assert "SGLang 0.5.23 is installed but the command is for 0.5.15" in problem
+    assert "--sglang-version 0.5.23" in problem
