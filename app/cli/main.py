@@ -3,7 +3,7 @@
 Sub-commands: `serve` (the HTTP API), `worker` (a batch worker), `up` (Redis if needed + API +
 one worker, supervised; `app.cli.up`), `runtime` (print or launch the SGLang command for a
 hardware profile; `app.cli.runtime`), `batch` (submit, watch, download and report batches over
-the API; `app.cli.batch`).
+the API; `app.cli.batch`), `doctor` (check a live deployment; `app.cli.doctor`; exit 1 on FAIL).
 Configuration errors exit with status 2 and a message naming each bad variable.
 """
 
@@ -98,6 +98,25 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from app.cli.doctor import exit_code, render_json, render_table, run_doctor
+    from app.config import load_settings
+    from app.logs import configure_logging
+    from app.media.config import MediaSettings
+    from tools.config import load_tool_settings
+
+    settings = load_settings()
+    tools = load_tool_settings()
+    media = MediaSettings.load()
+    # The report is the output: log lines would only interleave with it.
+    configure_logging(settings.log_format, "error")
+    checks = asyncio.run(run_doctor(settings, tools, media, timeout=args.timeout))
+    print(render_json(checks) if args.json else render_table(checks))
+    return exit_code(checks)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cascade",
@@ -142,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the runtime to become healthy (first start compiles kernels)",
     )
     runtime.set_defaults(func=_cmd_runtime)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the live runtime, Redis and tool backends: PASS / WARN / FAIL with fixes",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds each model call may take (a cold runtime's first one can take minutes)",
+    )
+    doctor.set_defaults(func=_cmd_doctor)
 
     from app.cli.batch import add_batch_parser
 

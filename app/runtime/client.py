@@ -418,6 +418,22 @@ class SGLangClient:
             detail="ok" if healthy else "reachable; /health not yet 200 (warming up?)",
         )
 
+    async def diagnose(
+        self, path: str, payload: dict[str, Any] | None = None, *, timeout: float = 30.0
+    ) -> tuple[int, bytes] | None:
+        """One request exactly as given, for `cascade doctor`: a GET, or a POST of `payload`;
+        no retries and no body building. (status, body), or None when nothing answered."""
+        try:
+            if payload is None:
+                response = await self._http.get(path, timeout=timeout)
+            else:
+                response = await self._http.post(
+                    path, content=orjson.dumps(payload), timeout=timeout
+                )
+        except httpx.HTTPError:
+            return None
+        return response.status_code, response.content
+
     async def _first_model_id(self) -> str | None:
         """The first model id `/v1/models` lists, or None when it cannot be read now."""
         try:
