@@ -411,7 +411,7 @@ class _RuntimeChecks:
             )
         ]
         info = await self.client.server_info()
-        metrics = await self.client.diagnose("/metrics", timeout=10.0)
+        metrics = await self.client.diagnose("/metrics", call_timeout=10.0)
         accept = (
             spec_accept_length(metrics[1].decode("utf-8", "replace"))
             if metrics is not None and metrics[0] == 200
@@ -452,7 +452,9 @@ class _RuntimeChecks:
             "max_completion_tokens": 8,
             "rid": new_rid("doctor"),
         }
-        answer = await self.client.diagnose("/v1/chat/completions", payload, timeout=self.timeout)
+        answer = await self.client.diagnose(
+            "/v1/chat/completions", payload, call_timeout=self.timeout
+        )
         if answer is None or answer[0] != 200:
             status = "no answer" if answer is None else f"HTTP {answer[0]}"
             return Check("thinking-default", "FAIL", f"plain request failed ({status})")
@@ -709,12 +711,12 @@ async def run_doctor(
     tools: ToolSettings,
     media: MediaSettings,
     *,
-    timeout: float = 180.0,
+    call_timeout: float = 180.0,
 ) -> list[Check]:
-    """Every check, in `CHECKS` order; `timeout` bounds each model call (a cold runtime's first
+    """Every check, in `CHECKS` order; `call_timeout` bounds each model call (a cold runtime's first
     generation can take over a minute)."""
     parts: list[Callable[[], Awaitable[list[Check]]]] = [
-        lambda: _RuntimeChecks(settings, media, timeout).run(),
+        lambda: _RuntimeChecks(settings, media, call_timeout).run(),
         lambda: redis_checks(settings.redis_url),
         lambda: tool_checks(tools),
     ]

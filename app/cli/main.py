@@ -112,7 +112,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     media = MediaSettings.load()
     # The report is the output: log lines would only interleave with it.
     configure_logging(settings.log_format, "error")
-    checks = asyncio.run(run_doctor(settings, tools, media, timeout=args.timeout))
+    checks = asyncio.run(run_doctor(settings, tools, media, call_timeout=args.timeout))
     print(render_json(checks) if args.json else render_table(checks))
     return exit_code(checks)
 

@@ -419,16 +419,16 @@ class SGLangClient:
         )
 
     async def diagnose(
-        self, path: str, payload: dict[str, Any] | None = None, *, timeout: float = 30.0
+        self, path: str, payload: dict[str, Any] | None = None, *, call_timeout: float = 30.0
     ) -> tuple[int, bytes] | None:
         """One request exactly as given, for `cascade doctor`: a GET, or a POST of `payload`;
         no retries and no body building. (status, body), or None when nothing answered."""
         try:
             if payload is None:
-                response = await self._http.get(path, timeout=timeout)
+                response = await self._http.get(path, timeout=call_timeout)
             else:
                 response = await self._http.post(
-                    path, content=orjson.dumps(payload), timeout=timeout
+                    path, content=orjson.dumps(payload), timeout=call_timeout
                 )
         except httpx.HTTPError:
             return None
