@@ -89,3 +89,15 @@ def test_versions_parse_with_suffixes_and_reject_nonsense(
     assert parse_version("0.5.22") < parse_version("0.5.23")
     assert main(["runtime", "--print", "--sglang-version", "latest"]) == 2
     assert "not an SGLang version" in capsys.readouterr().err
+
+
+def test_make_live_runs_the_doctor_then_the_live_script_and_make_test_does_not() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    live = re.search(r"^live:.*?\n((?:\t.*\n)+)", makefile, re.M)
+    assert live is not None
+    recipe = live.group(1)
+    assert "CASCADE_LIVE_RUNTIME_URL" in recipe and "exit 2" in recipe
+    assert recipe.index("-m app.cli doctor") < recipe.index("-m tests.live")
+    test_rule = re.search(r"^test:(.*)\n((?:\t.*\n)+)", makefile, re.M)
+    assert test_rule is not None
+    assert "live" not in test_rule.group(1) and "tests.live" not in test_rule.group(2)
