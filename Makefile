@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 SGLANG_VERSION := 0.5.23
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test unit lint bench redis-server contract-deps clean
+.PHONY: setup run test unit lint bench live redis-server contract-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cascade needs Python 3.11+"'
@@ -48,6 +48,17 @@ test: contract-deps redis-server lint
 # The fast loop while editing: unit tests only (no Redis, no subprocess servers), under 15 s.
 unit: setup
 	$(PY) -m pytest -q tests/unit
+
+# Against a real runtime (not part of `make test`, which has none): the doctor's checks, then a
+# short end-to-end run (session, tools, image, batch of 10) through a temporary `cascade up`.
+live: setup redis-server
+	@[ -n "$$CASCADE_LIVE_RUNTIME_URL" ] || { \
+	  echo "make live: set CASCADE_LIVE_RUNTIME_URL (and CASCADE_LIVE_RUNTIME_API_KEY if needed)"; \
+	  exit 2; }
+	env CASCADE_RUNTIME_URL="$$CASCADE_LIVE_RUNTIME_URL" \
+	  $${CASCADE_LIVE_RUNTIME_API_KEY:+CASCADE_RUNTIME_API_KEY="$$CASCADE_LIVE_RUNTIME_API_KEY"} \
+	  $(PY) -m app.cli doctor
+	$(PY) -m tests.live
 
 bench: setup redis-server
 	$(PY) -m tests.bench

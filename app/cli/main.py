@@ -3,7 +3,7 @@
 Sub-commands: `serve` (the HTTP API), `worker` (a batch worker), `up` (Redis if needed + API +
 one worker, supervised; `app.cli.up`), `runtime` (print or launch the SGLang command for a
 hardware profile; `app.cli.runtime`), `batch` (submit, watch, download and report batches over
-the API; `app.cli.batch`).
+the API; `app.cli.batch`), `doctor` (check a live deployment; `app.cli.doctor`; exit 1 on FAIL).
 Configuration errors exit with status 2 and a message naming each bad variable.
 """
 
@@ -64,24 +64,57 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_runtime(args: argparse.Namespace) -> int:
-    from app.runtime.launch import PROFILES, build_launch_command, format_command
+    from app.runtime.launch import (
+        PINNED_SGLANG_VERSION,
+        PROFILES,
+        build_launch_command,
+        format_command,
+        version_notes,
+    )
 
     if args.list_profiles:
         for name, spec in PROFILES.items():
             print(f"{name:12s} {spec.description}")
         return 0
+    version = args.sglang_version or PINNED_SGLANG_VERSION
     argv = build_launch_command(
         args.profile,
         host=args.host,
         port=args.port,
         api_key_env=None if args.no_api_key else "CASCADE_RUNTIME_API_KEY",
+        sglang_version=version,
     )
+    header = [f"# SGLang {version} (cascade pins {PINNED_SGLANG_VERSION}), profile {args.profile}"]
+    header += [f"# note: {note}" for note in version_notes(version)]
     if args.print:
-        print(format_command(argv))
+        print("\n".join([*header, format_command(argv)]))
         return 0
     from app.cli.runtime import launch_and_wait
 
-    return launch_and_wait(argv, port=args.port, ready_timeout=args.ready_timeout)
+    for line in header:
+        print(f"cascade runtime: {line[2:]}", file=sys.stderr)
+    return launch_and_wait(
+        argv, port=args.port, ready_timeout=args.ready_timeout, sglang_version=version
+    )
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from app.cli.doctor import exit_code, render_json, render_table, run_doctor
+    from app.config import load_settings
+    from app.logs import configure_logging
+    from app.media.config import MediaSettings
+    from tools.config import load_tool_settings
+
+    settings = load_settings()
+    tools = load_tool_settings()
+    media = MediaSettings.load()
+    # The report is the output: log lines would only interleave with it.
+    configure_logging(settings.log_format, "error")
+    checks = asyncio.run(run_doctor(settings, tools, media, call_timeout=args.timeout))
+    print(render_json(checks) if args.json else render_table(checks))
+    return exit_code(checks)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--profile", default="h100-fp8", help="hardware profile")
     runtime.add_argument("--print", action="store_true", help="print the command, do not run it")
     runtime.add_argument("--list-profiles", action="store_true", help="list the profiles")
+    runtime.add_argument(
+        "--sglang-version",
+        metavar="X.Y.Z",
+        help="SGLang version the command is for (default: the pinned one); older versions get "
+        "the flags they support, or a refusal with the reason",
+    )
     runtime.add_argument("--host", default="0.0.0.0")
     runtime.add_argument("--port", type=int, default=30000)
     runtime.add_argument(
@@ -122,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the runtime to become healthy (first start compiles kernels)",
     )
     runtime.set_defaults(func=_cmd_runtime)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the live runtime, Redis and tool backends: PASS / WARN / FAIL with fixes",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds each model call may take (a cold runtime's first one can take minutes)",
+    )
+    doctor.set_defaults(func=_cmd_doctor)
 
     from app.cli.batch import add_batch_parser
 

@@ -6,6 +6,7 @@ when cascade does; its exit status becomes ours (so compose restarts it when it 
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -16,6 +17,8 @@ import time
 import urllib.error
 import urllib.request
 from types import FrameType
+
+from app.runtime.launch import parse_version
 
 
 def resolve_api_key(argv: list[str], environ: dict[str, str]) -> list[str]:
@@ -37,10 +40,23 @@ def resolve_api_key(argv: list[str], environ: dict[str, str]) -> list[str]:
     return out
 
 
-def preflight() -> str | None:
-    """Why the runtime cannot be launched here, or None."""
+def preflight(sglang_version: str) -> str | None:
+    """Why the runtime cannot be launched here for `sglang_version`, or None.
+
+    The installed SGLang must be the version the command was written for: a flag it lacks makes
+    it exit at once ("unrecognized arguments").
+    """
     if importlib.util.find_spec("sglang") is None:
         return "SGLang is not installed: pip install 'cascade[runtime]' (needs a CUDA machine)"
+    try:
+        installed = importlib.metadata.version("sglang")
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed is not None and parse_version(installed) != parse_version(sglang_version):
+        return (
+            f"SGLang {installed} is installed but the command is for {sglang_version}; pass "
+            f"--sglang-version {installed} or install sglang=={sglang_version}"
+        )
     if shutil.which("nvidia-smi") is None:
         return "no NVIDIA GPU found (nvidia-smi missing); run the runtime on a GPU host"
     return None
@@ -63,8 +79,10 @@ def wait_healthy(port: int, timeout: float, child: subprocess.Popen[bytes]) -> b
     return False
 
 
-def launch_and_wait(argv: list[str], *, port: int, ready_timeout: float) -> int:
-    problem = preflight()
+def launch_and_wait(
+    argv: list[str], *, port: int, ready_timeout: float, sglang_version: str
+) -> int:
+    problem = preflight(sglang_version)
     if problem is not None:
         print(f"cascade runtime: {problem}", file=sys.stderr)
         return 2

@@ -384,7 +384,9 @@ class SGLangClient:
         """Reachability (`/model_info`) and health (`/health`); never raises.
 
         A real runtime answers `/model_info` at once but `/health` only after a first generation
-        succeeded, so both are reported.
+        succeeded, so both are reported. The model name is `/model_info`'s `served_model_name`;
+        SGLang 0.5.15 has no such field, so then it is the first id of `/v1/models` (the served
+        name), else `model_path` (what SGLang serves under when no name was given).
         """
         try:
             info = await self._http.get("/model_info", timeout=3.0)
@@ -404,16 +406,45 @@ class SGLangClient:
             healthy = health.status_code == 200
         except httpx.HTTPError:
             healthy = False
+        model = data.get("served_model_name") or await self._first_model_id()
         return RuntimeHealth(
             reachable=True,
             healthy=healthy,
-            model=data.get("served_model_name") or data.get("model_path"),
+            model=model or data.get("model_path"),
             model_path=data.get("model_path"),
             reasoning_parser=data.get("reasoning_parser"),
             tool_call_parser=data.get("tool_call_parser"),
             has_image_understanding=data.get("has_image_understanding"),
             detail="ok" if healthy else "reachable; /health not yet 200 (warming up?)",
         )
+
+    async def diagnose(
+        self, path: str, payload: dict[str, Any] | None = None, *, call_timeout: float = 30.0
+    ) -> tuple[int, bytes] | None:
+        """One request exactly as given, for `cascade doctor`: a GET, or a POST of `payload`;
+        no retries and no body building. (status, body), or None when nothing answered."""
+        try:
+            if payload is None:
+                response = await self._http.get(path, timeout=call_timeout)
+            else:
+                response = await self._http.post(
+                    path, content=orjson.dumps(payload), timeout=call_timeout
+                )
+        except httpx.HTTPError:
+            return None
+        return response.status_code, response.content
+
+    async def _first_model_id(self) -> str | None:
+        """The first model id `/v1/models` lists, or None when it cannot be read now."""
+        try:
+            response = await self._http.get("/v1/models", timeout=3.0)
+            data = orjson.loads(response.content) if response.status_code == 200 else None
+        except (httpx.HTTPError, orjson.JSONDecodeError):
+            return None
+        models = data.get("data") if isinstance(data, dict) else None
+        first = models[0] if isinstance(models, list) and models else None
+        model_id = first.get("id") if isinstance(first, dict) else None
+        return model_id if isinstance(model_id, str) and model_id else None
 
     async def server_info(self) -> dict[str, Any] | None:
         """The runtime's `/server_info` (its launch settings), or None when unreadable now."""

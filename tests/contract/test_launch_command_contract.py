@@ -83,3 +83,45 @@ def test_simulator_defaults_mirror_the_launch_command(capsys: pytest.CaptureFixt
     assert sim.model_path == args.model_path
     assert sim.default_template_kwargs == args.default_chat_template_kwargs
     assert sim.enable_cache_report is args.enable_cache_report
+    assert (sim.reasoning_parser, sim.tool_call_parser) == (
+        args.reasoning_parser,
+        args.tool_call_parser,
+    )
+    assert sim.enable_strict_thinking is args.enable_strict_thinking
+    assert sim.enable_priority_scheduling is args.enable_priority_scheduling
+    assert sim.speculative_algorithm == args.speculative_algorithm
+
+
+def test_simulator_server_info_uses_sglang_field_names() -> None:
+    """`/server_info` is `ServerArgs.resolved_dict()` plus a few live fields
+    (utils/common.py `build_server_info`, http_server.py `server_info`): the simulator's launch
+    settings must carry ServerArgs' own field names, which is what `cascade doctor` reads."""
+    from tests.sglang_sim.server import Simulator
+
+    server_args_module = reference._mod("sglang.srt.server_args")
+    fields = {
+        field.name for field in server_args_module.record_fields(server_args_module.ServerArgs)
+    }
+    live = {"startup_time", "internal_states", "version", "frontend"}
+    info = Simulator()._server_info()
+    assert set(info) - live <= fields
+
+
+def test_the_command_adapted_for_0_5_15_still_parses_and_leaves_template_kwargs_unset(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = _server_args(build_launch_command("h200-fp8", sglang_version="0.5.15"), capsys)
+    assert args.default_chat_template_kwargs is None
+    assert args.enable_strict_thinking is True
+    assert (args.reasoning_parser, args.tool_call_parser) == ("qwen3", "qwen3_coder")
+
+
+def test_launch_refuses_when_the_installed_sglang_is_another_version() -> None:
+    """`cascade runtime` checks the installed SGLang (here the contract suite's 0.5.23) against
+    the version the command was written for, before starting anything."""
+    from app.cli.runtime import preflight
+
+    problem = preflight("0.5.15")
+    assert problem is not None
+    assert "SGLang 0.5.23 is installed but the command is for 0.5.15" in problem
+    assert "--sglang-version 0.5.23" in problem

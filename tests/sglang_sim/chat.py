@@ -253,6 +253,8 @@ def _prepare(
         images = prompt_images(messages)
     except ImageError as exc:
         raise _Failure(f"Internal server error: {exc}", "InternalServerError", 500) from exc
+    if images and config.reject_images:
+        raise _Failure("This model does not accept image inputs.")
     tokens = _expand_images(tokenize(prompt), images)
     record.prompt_tokens = len(tokens)
     record.image_tokens = sum(image.tokens for image in images)

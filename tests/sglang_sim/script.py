@@ -80,6 +80,18 @@ class SimConfig(BaseModel):
       has completed, as a runtime does before its warm-up request finished.
     - `health_check_latency`: seconds `/health` takes (the real one waits >= 1 s for a
       one-token generation; 0 keeps tests fast).
+
+    What `/server_info`, `/model_info` and `/metrics` report (for `cascade doctor`):
+    - `reasoning_parser`/`tool_call_parser`: the parser names reported; the simulator's own
+      parsing is always `qwen3` / `qwen3_coder` whatever these say.
+    - `enable_strict_thinking`, `enable_priority_scheduling`, `speculative_algorithm` (None =
+      off): the launch flags reported; they do not change how the simulator behaves.
+    - `spec_accept_length`: `sglang:spec_accept_length` in `/metrics` (0 when speculative
+      decoding is off).
+    - `version`: the SGLang version reported by `/server_info`.
+    - `model_info_served_model_name`: False omits `served_model_name` from `/model_info`, as
+      SGLang 0.5.15 does.
+    - `reject_images`: every request carrying an image gets a 400 (a runtime without vision).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -99,3 +111,12 @@ class SimConfig(BaseModel):
     context_length: int = Field(default=131072, ge=16)
     healthy_after_first_generation: bool = False
     health_check_latency: float = Field(default=0.0, ge=0)
+    reasoning_parser: str = "qwen3"
+    tool_call_parser: str = "qwen3_coder"
+    enable_strict_thinking: bool = True
+    enable_priority_scheduling: bool = True
+    speculative_algorithm: str | None = "NEXTN"
+    spec_accept_length: float = Field(default=2.5, ge=0)
+    version: str = "0.5.23"
+    model_info_served_model_name: bool = True
+    reject_images: bool = False

@@ -34,9 +34,6 @@ from tests.sglang_sim.tokens import RadixCache
 
 __all__ = ["RecordedRequest", "Simulator"]
 
-SGLANG_VERSION = "0.5.23"
-REASONING_PARSER = "qwen3"
-TOOL_CALL_PARSER = "qwen3_coder"
 # Unconfirmed: the Qwen3.5/3.6 architecture as its HF config names it.
 MODEL_TYPE = "qwen3_5"
 ARCHITECTURES = ["Qwen3_5ForConditionalGeneration"]
@@ -308,7 +305,7 @@ class Simulator:
     def _model_info(self) -> dict[str, Any]:
         """http_server.py `model_info`."""
         config = self.config
-        return {
+        info: dict[str, Any] = {
             "model_path": config.model_path,
             "served_model_name": config.model_name,
             "tokenizer_path": config.model_path,
@@ -316,18 +313,23 @@ class Simulator:
             "preferred_sampling_params": None,
             "weight_version": WEIGHT_VERSION,
             "load_format": "auto",
-            "reasoning_parser": REASONING_PARSER,
-            "tool_call_parser": TOOL_CALL_PARSER,
+            "reasoning_parser": config.reasoning_parser,
+            "tool_call_parser": config.tool_call_parser,
             "disaggregation_mode": "null",
-            "has_image_understanding": True,
+            "has_image_understanding": not config.reject_images,
             "has_audio_understanding": False,
             "model_type": MODEL_TYPE,
             "architectures": ARCHITECTURES,
         }
+        if not config.model_info_served_model_name:
+            del info["served_model_name"]  # SGLang 0.5.15's /model_info has no such field
+        return info
 
     def _server_info(self) -> dict[str, Any]:
-        """A few of the fields of http_server.py `server_info`."""
+        """A few of the fields of http_server.py `server_info`: the server args under
+        `ServerArgs`' own field names (`build_server_info`), plus version and live state."""
         config = self.config
+        spec = config.speculative_algorithm is not None
         return {
             "model_path": config.model_path,
             "tokenizer_path": config.model_path,
@@ -335,20 +337,26 @@ class Simulator:
             "context_length": config.context_length,
             "max_running_requests": config.max_running,
             "page_size": config.cache_page_size,
-            "reasoning_parser": REASONING_PARSER,
-            "tool_call_parser": TOOL_CALL_PARSER,
-            "enable_strict_thinking": True,
-            "default_chat_template_kwargs": config.default_template_kwargs,
+            "reasoning_parser": config.reasoning_parser,
+            "tool_call_parser": config.tool_call_parser,
+            "enable_strict_thinking": config.enable_strict_thinking,
+            "default_chat_template_kwargs": config.default_template_kwargs or None,
             "enable_cache_report": config.enable_cache_report,
             "enable_metrics": True,
+            "enable_priority_scheduling": config.enable_priority_scheduling,
+            "speculative_algorithm": config.speculative_algorithm,
+            "speculative_num_steps": 3 if spec else None,
+            "speculative_eagle_topk": 1 if spec else None,
+            "speculative_num_draft_tokens": 4 if spec else None,
             "startup_time": self._started,
             "internal_states": [
                 {
                     "effective_max_running_requests_per_dp": config.max_running,
                     "last_gen_throughput": self.stats.throughput(),
+                    **({"avg_spec_accept_length": config.spec_accept_length} if spec else {}),
                 }
             ],
-            "version": SGLANG_VERSION,
+            "version": config.version,
             "frontend": "python",
         }
 
@@ -392,6 +400,12 @@ class Simulator:
         )
         gauge("sglang:gen_throughput", "The generation throughput (token/s).", stats.throughput())
         gauge("sglang:cache_hit_rate", "The prefix cache hit rate.", stats.hit_rate())
+        gauge(
+            "sglang:spec_accept_length",
+            "Mean acceptance length of speculative decoding (accepted drafts + bonus token per "
+            "forward).",
+            self.config.spec_accept_length if self.config.speculative_algorithm else 0.0,
+        )
         counter("sglang:prompt_tokens", "Number of prefill tokens processed.", stats.prompt_tokens)
         counter(
             "sglang:generation_tokens",

@@ -20,8 +20,9 @@ def test_help_lists_the_subcommands() -> None:
 
 def test_runtime_print_has_the_flags_this_model_needs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["runtime", "--print", "--profile", "h100-fp8"]) == 0
-    line = capsys.readouterr().out.strip()
-    argv = shlex.split(line)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("# SGLang 0.5.23")
+    argv = shlex.split(lines[-1])
     assert argv[:3] == ["python3", "-m", "sglang.launch_server"]
 
     def value(flag: str) -> str:
