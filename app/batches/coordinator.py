@@ -190,7 +190,7 @@ class Coordinator:
             try:
                 batch = await self.store.load(batch_id)
                 if batch is None:
-                    await self.redis.srem(self.store.keys.active(), batch_id)
+                    await self.store.forget(batch_id)
                     await self._close_reader(batch_id)
                     continue
                 await self._advance(batch)
@@ -236,13 +236,13 @@ class Coordinator:
         except (RedisError, OSError):
             raise
         except Exception:  # the stored object itself is unreadable: end it by its status
-            status = await self._status(batch_id)
+            status = await self.store.status(batch_id)
         else:
             if batch is None:
                 return
             status, listed = batch.status, batch.errors
         if status is None or status in FINAL_STATUSES:
-            await self.redis.srem(self.store.keys.active(), batch_id)
+            await self.store.forget(batch_id)
             return
         await self.store.seal(batch_id)
         error = LineError(
@@ -357,7 +357,7 @@ class Coordinator:
                 if total % _CHUNK_LINES == 0:
                     await self.store.record_invalid(batch.id, pending)
                     pending = []
-                    if await self._status(batch.id) != "validating":
+                    if await self.store.status(batch.id) != "validating":
                         return  # cancelled meanwhile; finalization reads the file again
                     await asyncio.sleep(0)
             await self.store.record_invalid(batch.id, pending)
@@ -377,10 +377,6 @@ class Coordinator:
             batch.id, ("validating",), "in_progress", in_progress_at=int(self.clock())
         )
         log.info("batch_validated", batch_id=batch.id, total=total, invalid=invalid, moved=moved)
-
-    async def _status(self, batch_id: str) -> str | None:
-        value = await self.redis.hget(self.store.keys.batch(batch_id), "status")
-        return value.decode() if isinstance(value, bytes) else value
 
     # ------------------------------------------------------------------ feeding
 
@@ -546,12 +542,10 @@ class Coordinator:
     ) -> tuple[int, int]:
         log.warning("batch_input_missing_at_finalization", batch_id=batch.id)
         total = 0
-        async for _, raw in self.redis.hscan_iter(self.store.keys.results(batch.id)):
-            record = ResultRecord.loads(raw)
+        async for record in self.store.scan_results(batch.id):
             await outputs[record.kind].add(record.line)
             total += 1
-        async for _, raw in self.redis.hscan_iter(self.store.keys.invalid(batch.id)):
-            error = LineError.model_validate_json(raw)
+        async for error in self.store.scan_invalid(batch.id):
             await outputs["error"].add(invalid_line(None, error))
             total += 1
         return max(total, batch.request_counts.total), 0

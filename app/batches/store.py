@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -162,6 +162,15 @@ class BatchStore(JobQueue):
     async def active_ids(self) -> list[str]:
         return sorted(_s(i) for i in await self.redis.smembers(self.keys.active()))
 
+    async def forget(self, batch_id: str) -> None:
+        """Stop coordinating a batch (its object is gone, or it is final already)."""
+        await self.redis.srem(self.keys.active(), batch_id)
+
+    async def status(self, batch_id: str) -> str | None:
+        """The batch's status as stored (even when the object as a whole does not parse)."""
+        value = await self.redis.hget(self.keys.batch(batch_id), "status")
+        return None if value is None else _s(value)
+
     async def transition(
         self, batch_id: str, allowed: Sequence[str], status: BatchStatus, **fields: Any
     ) -> bool:
@@ -229,6 +238,16 @@ class BatchStore(JobQueue):
             return []
         values = await self.redis.hmget(self.keys.results(batch_id), list(custom_ids))
         return [ResultRecord.loads(v) if v is not None else None for v in values]
+
+    async def scan_results(self, batch_id: str) -> AsyncIterator[ResultRecord]:
+        """Every result of the batch, in no particular order."""
+        async for _, raw in self.redis.hscan_iter(self.keys.results(batch_id)):
+            yield ResultRecord.loads(raw)
+
+    async def scan_invalid(self, batch_id: str) -> AsyncIterator[LineError]:
+        """Every validation error of the batch, in no particular order."""
+        async for _, raw in self.redis.hscan_iter(self.keys.invalid(batch_id)):
+            yield LineError.model_validate_json(raw)
 
     async def references_image(self, batch_id: str, sha256: str) -> bool:
         """Whether one of the batch's results used the stored image `sha256`."""
