@@ -1,11 +1,11 @@
-"""The batch consumer: takes items from the Redis stream and runs each through the agent.
+"""The batch consumer: takes items from the job queue and runs each through the turn engine.
 
-Delivery is at least once, results exactly once (see `app.batches.store`):
-- items come from the consumer group (`XREADGROUP`); up to the in-flight target
-  (`workers.tuning`) run at a time;
-- the worker refreshes the idle time of the entries it is working on, so only entries of a
-  worker that stopped refreshing (it died or hung) are taken over by others (`XAUTOCLAIM`
-  after `batch_claim_idle` seconds);
+Delivery is at least once, results exactly once (see `app.batches.queue`, which does every
+queue operation; this module decides what to do with an item):
+- items are claimed from the queue; up to the in-flight target (`workers.tuning`) run at a
+  time;
+- the worker touches the entries it is working on, so only entries of a worker that stopped
+  touching them (it died or hung) are reclaimed by others (after `batch_claim_idle` seconds);
 - an item that fails in a way a retry may fix (runtime 5xx, timeouts, an image URL that could
   not be fetched) is parked with exponential backoff and jitter and tried again, up to
   `batch_max_attempts`; then its failure is its result (the error file). An item started more
@@ -33,14 +33,13 @@ import httpx
 import orjson
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from app.agent.protocol import completion_body, completion_id, parse_chat_request
 from app.agent.turn import TurnServices, assemble_turn
 from app.batches.config import BatchSettings
-from app.batches.keys import GROUP
 from app.batches.lines import ResultRecord, failed_line, output_line
-from app.batches.store import BatchStore, QueueItem
+from app.batches.queue import JobQueue, QueueItem
 from app.config import Settings
 from app.errors import (
     CascadeError,
@@ -160,7 +159,7 @@ class BatchWorker:
         policy: ToolPolicy,
         priority: int | None = None,
         inflight: int | None = None,
-        store: BatchStore | None = None,
+        queue: JobQueue | None = None,
     ) -> None:
         self.redis = redis
         self.name = name
@@ -184,24 +183,21 @@ class BatchWorker:
         self.priority = priority
         # Items kept in flight; `workers.tuning` may raise it once the runtime's slots are known.
         self.inflight = inflight or config.batch_inflight or 32
-        self.store = store or BatchStore(redis, prefix=config.key_prefix)
-        self.stream = self.store.keys.stream()
+        self.queue = queue or JobQueue(redis, prefix=config.key_prefix)
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.items: dict[str, QueueItem] = {}
         self.runtime_ok = asyncio.Event()
         self.runtime_ok.set()
         self._probe: asyncio.Task[None] | None = None
-        self._claim_cursor = "0-0"
         self.processed = 0  # results written by this worker (for tests and logs)
 
-    # ------------------------------------------------------------------ the loop
+    @property
+    def store(self) -> JobQueue:
+        """The queue under the name of what a worker is handed (a `BatchStore` is its
+        batches' queue); set-up code reaches the key layout through it."""
+        return self.queue
 
-    async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    # ------------------------------------------------------------------ the loop
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain (see the module docstring).
@@ -218,11 +214,11 @@ class BatchWorker:
         while not stop.is_set():
             try:
                 if not group_ready:
-                    await self.ensure_group()
+                    await self.queue.ensure_group()
                     group_ready = True
                 now = time.monotonic()
                 if now >= next_move:
-                    await self.store.move_due()
+                    await self.queue.move_due()
                     next_move = now + move_every
                 if now >= next_refresh:
                     await self._refresh()
@@ -240,12 +236,6 @@ class BatchWorker:
                     for item in await self._read(free):
                         self._spawn(item)
                 failures = 0
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    group_ready = False  # Redis lost the group (restarted without AOF)
-                    continue
-                failures += 1
-                await self._pause_after_error(stop, exc, failures)
             except (RedisError, OSError) as exc:
                 failures += 1
                 await self._pause_after_error(stop, exc, failures)
@@ -267,50 +257,12 @@ class BatchWorker:
             stopper.cancel()
 
     async def _read(self, count: int) -> list[QueueItem]:
-        response: Any = await self.redis.xreadgroup(
-            GROUP,
-            self.name,
-            {self.stream: ">"},
-            count=count,
-            block=self.config.batch_block_ms,
-        )
-        items: list[QueueItem] = []
-        for _stream, entries in response or []:
-            for msg_id, fields in entries:
-                item = await self._entry(msg_id, fields)
-                if item is not None:
-                    items.append(item)
-        return items
-
-    async def _entry(self, msg_id: Any, fields: dict[Any, Any]) -> QueueItem | None:
-        """The queue entry as an item; a malformed one (no item can be made of it, so no
-        batch's line can fail with it) is logged and removed, not read again and again."""
-        try:
-            return QueueItem.from_entry(msg_id, fields)
-        except (ValueError, TypeError, AttributeError) as exc:
-            entry = msg_id.decode() if isinstance(msg_id, bytes) else str(msg_id)
-            log.error(
-                "batch_entry_malformed", worker=self.name, entry=entry, exc_type=type(exc).__name__
-            )
-            await self.redis.xack(self.stream, GROUP, entry)
-            await self.redis.xdel(self.stream, entry)
-            return None
+        return await self.queue.claim(self.name, count, block_ms=self.config.batch_block_ms)
 
     async def _reclaim(self, count: int) -> list[QueueItem]:
-        """Entries of workers that went silent for `batch_claim_idle` seconds."""
-        idle_ms = int(self.config.batch_claim_idle * 1000)
-        result: Any = await self.redis.xautoclaim(
-            self.stream, GROUP, self.name, idle_ms, start_id=self._claim_cursor, count=count
-        )
-        cursor, entries = result[0], result[1]
-        self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+        """Items of workers that went silent for `batch_claim_idle` seconds."""
         items = []
-        for msg_id, fields in entries:
-            if not fields:
-                continue  # deleted meanwhile
-            item = await self._entry(msg_id, fields)
-            if item is None:
-                continue
+        for item in await self.queue.reclaim(self.name, count, idle=self.config.batch_claim_idle):
             if item.msg_id in self.tasks:
                 continue  # ours already (we were slow to refresh)
             log.info(
@@ -323,12 +275,8 @@ class BatchWorker:
         return items
 
     async def _refresh(self) -> None:
-        """Reset the idle time of the entries we are working on (we are alive)."""
-        ids: list[Any] = list(self.items)
-        for start in range(0, len(ids), 256):
-            await self.redis.xclaim(
-                self.stream, GROUP, self.name, 0, ids[start : start + 256], justid=True
-            )
+        """Touch the entries we are working on (we are alive)."""
+        await self.queue.touch(self.name, list(self.items))
 
     def _spawn(self, item: QueueItem) -> None:
         self.items[item.msg_id] = item
@@ -354,7 +302,7 @@ class BatchWorker:
                 await asyncio.gather(*pending, return_exceptions=True)
                 for item in items:
                     with contextlib.suppress(RedisError, OSError):
-                        await self.store.release(item, worker=self.name, requeue=True)
+                        await self.queue.release(item, worker=self.name, requeue=True)
                 log.info("worker_released_items", worker=self.name, count=len(items))
         if self._probe is not None:
             self._probe.cancel()
@@ -404,9 +352,9 @@ class BatchWorker:
 
     async def _process_item(self, item: QueueItem) -> None:
         log_ = log.bind(worker=self.name, batch_id=item.batch_id, custom_id=item.custom_id)
-        outcome, starts = await self._redis(lambda: self.store.start_item(item, self.name))
+        outcome, starts = await self._redis(lambda: self.queue.start_item(item, self.name))
         if outcome != "run":
-            await self._redis(lambda: self.store.release(item, worker=self.name, requeue=False))
+            await self._redis(lambda: self.queue.release(item, worker=self.name, requeue=False))
             return
         limit = self.config.batch_max_attempts + self.config.batch_max_redeliveries
         if starts > limit:
@@ -417,7 +365,7 @@ class BatchWorker:
                 code="batch_item_poison",
             )
             record = ResultRecord("error", failed_line(item.custom_id, error, request_id=_rid()))
-            await self._finish(item, record, None)
+            await self._dead_letter(item, record)
             return
         try:
             body = await self._execute(item)
@@ -427,14 +375,14 @@ class BatchWorker:
                 record = ResultRecord(
                     "error", failed_line(item.custom_id, retry.error, request_id=_rid())
                 )
-                await self._finish(item, record, None)
+                await self._dead_letter(item, record)
                 return
             delay = backoff_delay(
                 item.attempt, self.config.batch_retry_base, self.config.batch_retry_max
             )
             log_.info("batch_item_retry", attempt=item.attempt, delay=round(delay, 3))
             await self._redis(
-                lambda: self.store.retry_later(item, due=time.time() + delay, worker=self.name)
+                lambda: self.queue.retry_later(item, due=time.time() + delay, worker=self.name)
             )
             return
         except CascadeError as exc:
@@ -454,11 +402,15 @@ class BatchWorker:
         images: list[str] | None = None,
     ) -> None:
         outcome = await self._redis(
-            lambda: self.store.finish_item(
+            lambda: self.queue.finish_item(
                 item, record, worker=self.name, usage=usage, images=images or ()
             )
         )
         if outcome == "written":
+            self.processed += 1
+
+    async def _dead_letter(self, item: QueueItem, failure: ResultRecord) -> None:
+        if await self._redis(lambda: self.queue.dead_letter(item, failure, worker=self.name)):
             self.processed += 1
 
     async def _execute(self, item: QueueItem) -> dict[str, Any]:

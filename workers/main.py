@@ -24,8 +24,8 @@ import structlog
 from redis.exceptions import RedisError
 
 from app.batches.config import BatchSettings, load_batch_settings
-from app.batches.keys import GROUP, BatchKeys
-from app.batches.store import BatchStore
+from app.batches.keys import BatchKeys
+from app.batches.queue import JobQueue
 from app.batches.supervise import supervise
 from app.config import Settings
 from app.redis_client import RedisSettings, redis_client
@@ -39,7 +39,7 @@ log = structlog.get_logger(__name__)
 HEARTBEAT_INTERVAL = 5.0
 HEARTBEAT_TTL = 15
 RUNTIME_REFRESH = 60.0
-CONSUMER_IDLE_FORGET_MS = 3_600_000
+CONSUMER_IDLE_FORGET = 3600.0
 
 
 def default_name() -> str:
@@ -52,28 +52,17 @@ async def _heartbeat(
     while not stop.is_set():
         try:
             await client.set(key, "alive", ex=HEARTBEAT_TTL)
-            await _forget_idle_consumers(client, worker)
+            await _forget_idle_consumers(worker)
         except RedisError as exc:
             log.warning("worker_redis_unavailable", worker=worker.name, exc_type=type(exc).__name__)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), HEARTBEAT_INTERVAL)
 
 
-async def _forget_idle_consumers(client: aioredis.Redis, worker: BatchWorker) -> None:
+async def _forget_idle_consumers(worker: BatchWorker) -> None:
     """Drop consumers of dead workers that hold nothing (names are per process)."""
-    try:
-        consumers = await client.xinfo_consumers(worker.stream, GROUP)
-    except RedisError:
-        return
-    for consumer in consumers:
-        name = consumer.get("name")
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        if (
-            name != worker.name
-            and int(consumer.get("pending", 0)) == 0
-            and int(consumer.get("idle", 0)) > CONSUMER_IDLE_FORGET_MS
-        ):
-            await client.xgroup_delconsumer(worker.stream, GROUP, name)
+    with contextlib.suppress(RedisError):
+        await worker.queue.forget_idle_consumers(worker.name, idle=CONSUMER_IDLE_FORGET)
 
 
 async def _track_runtime(worker: BatchWorker, config: BatchSettings, client: SGLangClient) -> None:
@@ -130,10 +119,10 @@ async def opened_worker(
     *,
     name: str,
     inflight: int | None = None,
-    store: BatchStore | None = None,
+    store: JobQueue | None = None,
 ) -> AsyncIterator[tuple[BatchWorker, SGLangClient]]:
     """A `BatchWorker` with the services and runtime client it uses, closed on exit (`store`:
-    the batch store it works with, by default one over `client`)."""
+    the queue it works with, e.g. a `BatchStore`; by default one over `client`)."""
     services = await open_services(client, settings, batch_settings=config)
     worker = BatchWorker(
         client,
@@ -146,7 +135,7 @@ async def opened_worker(
         policy=services.policy,
         priority=config.batch_priority,
         inflight=inflight,
-        store=store,
+        queue=store,
     )
     try:
         yield worker, services.runtime_client

@@ -1,8 +1,9 @@
 """The batch coordinator: validates input files, feeds items to the queue, writes result files.
 
 It runs inside the API process (the one that holds the files); workers need only Redis and the
-runtime. One coordinator is active at a time across API processes (a lease in Redis); all of
-its progress lives in Redis, so another process (or this one after a restart) resumes it.
+runtime. One coordinator is active at a time across API processes (a lease: the same
+`RedisLock` the sessions use, renewed while held); all of its progress lives in Redis, so
+another process (or this one after a restart) resumes it.
 
 Per batch, each pass:
 - `validating`: read the input file as a stream, check every line, record the bad ones (with
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import Callable, Coroutine
 from typing import IO, Any
@@ -46,22 +46,13 @@ from app.batches.models import FINAL_STATUSES, BatchObject, LineError
 from app.batches.store import BatchStore
 from app.batches.validate import InvalidLine, check_line, parse_line
 from app.config import Settings
-from app.errors import CascadeError, NotFoundError
+from app.errors import CascadeError, ConflictError, NotFoundError
 from app.media.files import FileObject, FileStore, FileWriter
+from app.sessions.lock import RedisLock
 from tools.registry import ToolPolicy, ToolRegistry
 
 log = structlog.get_logger(__name__)
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 _CHUNK_LINES = 500
 _WRITE_CHUNK = 1 << 18
 
@@ -129,13 +120,19 @@ class Coordinator:
         self.policy = policy  # the operator's tool policy, as chat requests get it
         self.store = store or BatchStore(redis, prefix=batch_settings.key_prefix)
         self.clock = clock
-        self.token = secrets.token_hex(8)
+        # The coordinator lease: renewed while held; a process that dies lets it expire and
+        # another one takes over after `batch_lease_seconds`.
+        self.lease = RedisLock(
+            redis,
+            self.store.keys.coordinator_lease(),
+            ttl=batch_settings.batch_lease_seconds,
+            wait=0,
+            message="another process coordinates batches",
+        )
         self.tasks: dict[str, asyncio.Task[None]] = {}
         # batch id → (failures in a row, monotonic time before which it is not retried)
         self.backoff: dict[str, tuple[int, float]] = {}
         self.readers: dict[str, tuple[IO[bytes], LineReader]] = {}
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
         self._leased = False
 
     # ------------------------------------------------------------------ the loop
@@ -148,7 +145,7 @@ class Coordinator:
         try:
             while not stop.is_set():
                 try:
-                    if await self._hold_lease():
+                    if await self.hold_lease():
                         await self.step()
                     failures = 0
                 except (RedisError, OSError) as exc:
@@ -165,20 +162,26 @@ class Coordinator:
                 await asyncio.gather(*self.tasks.values(), return_exceptions=True)
             await self._drop_readers()
             if self._leased:
-                with contextlib.suppress(RedisError, OSError):
-                    await self._release(
-                        keys=[self.store.keys.coordinator_lease()], args=[self.token]
-                    )
+                self._leased = False
+                await self.lease.release()
 
-    async def _hold_lease(self) -> bool:
-        ms = int(self.config.batch_lease_seconds * 1000)
-        held = bool(
-            await self._renew(keys=[self.store.keys.coordinator_lease()], args=[self.token, ms])
-        )
-        if held != self._leased:
-            log.info("batch_coordinator_lease", held=held)
-            self._leased = held
-        return held
+    async def hold_lease(self) -> bool:
+        """Whether this coordinator may coordinate now: it keeps the lease it holds (the lock
+        renews it in the background) or takes it when no one holds it. One whose lease was
+        lost (it expired, and another process took it) stops coordinating until it can take
+        the lease again. A `RedisError` propagates (the lease is then unknown)."""
+        if self._leased and self.lease.lost:
+            self._leased = False
+            await self.lease.release()
+            log.info("batch_coordinator_lease", held=False)
+        if not self._leased:
+            try:
+                await self.lease.acquire()
+            except ConflictError:
+                return False
+            self._leased = True
+            log.info("batch_coordinator_lease", held=True)
+        return True
 
     async def step(self) -> None:
         """One pass over every active batch."""
@@ -190,7 +193,7 @@ class Coordinator:
             try:
                 batch = await self.store.load(batch_id)
                 if batch is None:
-                    await self.redis.srem(self.store.keys.active(), batch_id)
+                    await self.store.forget(batch_id)
                     await self._close_reader(batch_id)
                     continue
                 await self._advance(batch)
@@ -236,13 +239,13 @@ class Coordinator:
         except (RedisError, OSError):
             raise
         except Exception:  # the stored object itself is unreadable: end it by its status
-            status = await self._status(batch_id)
+            status = await self.store.status(batch_id)
         else:
             if batch is None:
                 return
             status, listed = batch.status, batch.errors
         if status is None or status in FINAL_STATUSES:
-            await self.redis.srem(self.store.keys.active(), batch_id)
+            await self.store.forget(batch_id)
             return
         await self.store.seal(batch_id)
         error = LineError(
@@ -357,7 +360,7 @@ class Coordinator:
                 if total % _CHUNK_LINES == 0:
                     await self.store.record_invalid(batch.id, pending)
                     pending = []
-                    if await self._status(batch.id) != "validating":
+                    if await self.store.status(batch.id) != "validating":
                         return  # cancelled meanwhile; finalization reads the file again
                     await asyncio.sleep(0)
             await self.store.record_invalid(batch.id, pending)
@@ -377,10 +380,6 @@ class Coordinator:
             batch.id, ("validating",), "in_progress", in_progress_at=int(self.clock())
         )
         log.info("batch_validated", batch_id=batch.id, total=total, invalid=invalid, moved=moved)
-
-    async def _status(self, batch_id: str) -> str | None:
-        value = await self.redis.hget(self.store.keys.batch(batch_id), "status")
-        return value.decode() if isinstance(value, bytes) else value
 
     # ------------------------------------------------------------------ feeding
 
@@ -546,12 +545,10 @@ class Coordinator:
     ) -> tuple[int, int]:
         log.warning("batch_input_missing_at_finalization", batch_id=batch.id)
         total = 0
-        async for _, raw in self.redis.hscan_iter(self.store.keys.results(batch.id)):
-            record = ResultRecord.loads(raw)
+        async for record in self.store.scan_results(batch.id):
             await outputs[record.kind].add(record.line)
             total += 1
-        async for _, raw in self.redis.hscan_iter(self.store.keys.invalid(batch.id)):
-            error = LineError.model_validate_json(raw)
+        async for error in self.store.scan_invalid(batch.id):
             await outputs["error"].add(invalid_line(None, error))
             total += 1
         return max(total, batch.request_counts.total), 0

@@ -3,7 +3,7 @@
 Per-batch keys carry the batch id as a hash tag (`{batch_…}`) so they share a Redis Cluster
 slot. The queue (one stream, one consumer group) and the delayed-retry set are global: the
 scripts that touch both a batch and the queue assume a single Redis (or a cluster where the
-prefix pins them to one slot).
+prefix pins them to one slot). Only `app.batches.queue` touches the queue's keys and group.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 BATCH_ID_RE = re.compile(r"batch_[0-9a-f]{24}")
-GROUP = "workers"
+GROUP = "workers"  # the job queue's one consumer group
 
 
 class BatchKeys:

@@ -1,32 +1,26 @@
-"""Batches in Redis: the batch objects, their items' results, and the queue operations whose
-correctness depends on both (each one a Lua script, so it is atomic).
+"""Batches in Redis: the batch objects, their validation errors and results, over the job queue
+of their items (`app.batches.queue`, which owns every stream command and the item scripts).
 
 Contracts:
-- An item's result is written at most once (`HSETNX` on the batch's results hash keyed by
-  custom_id); the count it adds to (`completed` or `failed`) moves in the same script, so the
-  counts always equal the results stored, however often an item was delivered.
-- A worker may start an item only while its batch is `in_progress` and not sealed; the check
-  and the `running` mark are one script, so after a cancel is acknowledged no item starts.
+- A batch moves between statuses only by `transition`, a script that checks the status it
+  leaves, so two coordinators (or a coordinator and a cancel) never both move it.
+- Once `cancel` returns, no further item of the batch starts (the queue's `start_item` checks
+  the status the cancel set).
 - Sealing a batch (before its files are written) makes every later result write a no-op.
-- The images a batch references (for its thumbnails) are those of its written results, added
-  in the same script as the result.
-- Acknowledging a queue entry (XACK + XDEL) happens in the same script as the write or the
-  retry it concludes, so a crash never loses an item that was not finished.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
-from app.batches.keys import BATCH_ID_RE, GROUP, BatchKeys
+from app.batches.keys import BATCH_ID_RE
 from app.batches.lines import ResultRecord
 from app.batches.models import (
     FINAL_STATUSES,
@@ -37,103 +31,8 @@ from app.batches.models import (
     batch_from_hash,
     window_seconds,
 )
+from app.batches.queue import FinishOutcome, JobQueue, QueueItem, StartOutcome
 from app.errors import ConflictError, InvalidRequestError, NotFoundError
-
-# KEYS: batch, results, running, stream, images.
-# ARGV: cid, record, kind, group, msg id, usage x4, worker, body size, image sha256s...
-_FINISH = """
-local function ack()
-  if ARGV[5] ~= '' then
-    redis.call('XACK', KEYS[4], ARGV[4], ARGV[5])
-    redis.call('XDEL', KEYS[4], ARGV[5])
-  end
-  if redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[10] then
-    redis.call('HDEL', KEYS[3], ARGV[1])
-  end
-end
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'sealed') == '1' then
-  ack()
-  return 'sealed'
-end
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
-  redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
-  redis.call('HINCRBY', KEYS[1], 'done', 1)
-  redis.call('HINCRBY', KEYS[1], 'done_bytes', ARGV[11])
-  redis.call('HINCRBY', KEYS[1], 'input_tokens', ARGV[6])
-  redis.call('HINCRBY', KEYS[1], 'output_tokens', ARGV[7])
-  redis.call('HINCRBY', KEYS[1], 'reasoning_tokens', ARGV[8])
-  redis.call('HINCRBY', KEYS[1], 'cached_tokens', ARGV[9])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  for i = 12, #ARGV do redis.call('SADD', KEYS[5], ARGV[i]) end
-  ack()
-  return 'written'
-end
-ack()
-return 'duplicate'
-"""
-
-# KEYS: batch, results, running, starts. ARGV: cid, worker.
-_START = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'in_progress'
-   or redis.call('HGET', KEYS[1], 'sealed') == '1' then
-  return {'skip', 0}
-end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
-  return {'done', 0}
-end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-local n = redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
-return {'run', n}
-"""
-
-# KEYS: batch, running, stream, delayed. ARGV: cid, group, msg id, due, payload, worker.
-_RETRY = """
-if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[6] then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-end
-if ARGV[3] ~= '' then
-  redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
-  redis.call('XDEL', KEYS[3], ARGV[3])
-end
-if redis.call('HGET', KEYS[1], 'sealed') == '1' then
-  return 0
-end
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
-return 1
-"""
-
-# KEYS: running, stream. ARGV: cid, group, msg id, worker, requeue (1/0), fields... (k, v)*
-_RELEASE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[4] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-if ARGV[3] ~= '' then
-  redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
-  redis.call('XDEL', KEYS[2], ARGV[3])
-end
-if ARGV[5] == '1' then
-  local fields = {}
-  for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-  redis.call('XADD', KEYS[2], '*', unpack(fields))
-end
-return 1
-"""
-
-# KEYS: delayed, stream. ARGV: now, limit.
-_MOVE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, member in ipairs(due) do
-  local item = cjson.decode(member)
-  local fields = {}
-  for k, v in pairs(item) do
-    fields[#fields + 1] = k
-    fields[#fields + 1] = tostring(v)
-  end
-  redis.call('XADD', KEYS[2], '*', unpack(fields))
-  redis.call('ZREM', KEYS[1], member)
-end
-return #due
-"""
 
 # KEYS: batch, active. ARGV: allowed statuses (comma list), new status, then field/value pairs.
 _TRANSITION = """
@@ -151,55 +50,7 @@ end
 return 'ok'
 """
 
-# KEYS: batch, running. ARGV: number of running entries that belong to dead workers.
-_SEAL = """
-if redis.call('HLEN', KEYS[2]) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'sealed', '1')
-return 1
-"""
-
-StartOutcome = Literal["run", "skip", "done"]
-FinishOutcome = Literal["written", "duplicate", "sealed"]
-
-
-@dataclass(frozen=True, slots=True)
-class QueueItem:
-    """One queued item as a worker receives it."""
-
-    msg_id: str
-    batch_id: str
-    custom_id: str
-    line: int
-    owner: str
-    attempt: int
-    body: bytes
-
-    def fields(self, *, attempt: int | None = None) -> dict[str, str | bytes]:
-        return {
-            "b": self.batch_id,
-            "c": self.custom_id,
-            "n": str(self.line),
-            "o": self.owner,
-            "a": str(self.attempt if attempt is None else attempt),
-            "body": self.body,
-        }
-
-    @classmethod
-    def from_entry(cls, msg_id: Any, fields: dict[Any, Any]) -> QueueItem:
-        def text(name: str) -> str:
-            value = fields.get(name.encode(), fields.get(name, b""))
-            return value.decode() if isinstance(value, bytes) else str(value)
-
-        body = fields.get(b"body", fields.get("body", b""))
-        return cls(
-            msg_id=msg_id.decode() if isinstance(msg_id, bytes) else str(msg_id),
-            batch_id=text("b"),
-            custom_id=text("c"),
-            line=int(text("n") or 0),
-            owner=text("o"),
-            attempt=int(text("a") or 1),
-            body=body if isinstance(body, bytes) else str(body).encode(),
-        )
+__all__ = ["BatchStore", "FinishOutcome", "QueueItem", "StartOutcome", "new_batch_id"]
 
 
 def new_batch_id() -> str:
@@ -210,19 +61,17 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class BatchStore:
-    """Batch objects and item bookkeeping over one Redis connection pool."""
+class BatchStore(JobQueue):
+    """Batch objects over the job queue of their items, on one Redis connection pool.
+
+    A store is its batches' queue (the item scripts read and write the batch objects, so the
+    two share one layout and connection); every queue operation is `JobQueue`'s. A store
+    handed to a worker or the coordinator is the queue they use.
+    """
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str = "cascade") -> None:
-        self.redis = redis
-        self.keys = BatchKeys(prefix)
-        self._finish = redis.register_script(_FINISH)
-        self._start = redis.register_script(_START)
-        self._retry = redis.register_script(_RETRY)
-        self._release = redis.register_script(_RELEASE)
-        self._move_due = redis.register_script(_MOVE_DUE)
+        super().__init__(redis, prefix=prefix)
         self._transition = redis.register_script(_TRANSITION)
-        self._seal = redis.register_script(_SEAL)
 
     # ------------------------------------------------------------------ batch objects
 
@@ -313,6 +162,15 @@ class BatchStore:
     async def active_ids(self) -> list[str]:
         return sorted(_s(i) for i in await self.redis.smembers(self.keys.active()))
 
+    async def forget(self, batch_id: str) -> None:
+        """Stop coordinating a batch (its object is gone, or it is final already)."""
+        await self.redis.srem(self.keys.active(), batch_id)
+
+    async def status(self, batch_id: str) -> str | None:
+        """The batch's status as stored (even when the object as a whole does not parse)."""
+        value = await self.redis.hget(self.keys.batch(batch_id), "status")
+        return None if value is None else _s(value)
+
     async def transition(
         self, batch_id: str, allowed: Sequence[str], status: BatchStatus, **fields: Any
     ) -> bool:
@@ -381,158 +239,21 @@ class BatchStore:
         values = await self.redis.hmget(self.keys.results(batch_id), list(custom_ids))
         return [ResultRecord.loads(v) if v is not None else None for v in values]
 
-    # ------------------------------------------------------------------ feeding
+    async def scan_results(self, batch_id: str) -> AsyncIterator[ResultRecord]:
+        """Every result of the batch, in no particular order."""
+        async for _, raw in self.redis.hscan_iter(self.keys.results(batch_id)):
+            yield ResultRecord.loads(raw)
 
-    async def feed(
-        self,
-        batch: BatchObject,
-        items: Sequence[tuple[str, int, bytes]],
-        *,
-        offset: int,
-        line: int,
-        complete: bool = False,
-    ) -> None:
-        """Queue `items` (custom_id, line, body) and move the feed position past them, at once
-        (`complete`: the input is exhausted)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for custom_id, number, body in items:
-                pipe.xadd(
-                    self.keys.stream(),
-                    {
-                        "b": batch.id,
-                        "c": custom_id,
-                        "n": str(number),
-                        "o": batch.owner,
-                        "a": "1",
-                        "body": body,
-                    },
-                )
-            key = self.keys.batch(batch.id)
-            pipe.hincrby(key, "fed", len(items))
-            pipe.hincrby(key, "fed_bytes", sum(len(body) for _, _, body in items))
-            position: dict[FieldT, EncodableT] = {
-                "feed_offset": offset,
-                "feed_line": line,
-            }
-            if complete:
-                position["feed_complete"] = "1"
-            pipe.hset(key, mapping=position)
-            await pipe.execute()
-
-    # ------------------------------------------------------------------ items (workers)
-
-    async def start_item(self, item: QueueItem, worker: str) -> tuple[StartOutcome, int]:
-        """May this item run now? ('run', starts so far) / ('skip', 0) / ('done', 0)."""
-        k = self.keys
-        outcome, starts = await self._start(
-            keys=[
-                k.batch(item.batch_id),
-                k.results(item.batch_id),
-                k.running(item.batch_id),
-                k.starts(item.batch_id),
-            ],
-            args=[item.custom_id, worker],
-        )
-        return _s(outcome), int(starts)  # type: ignore[return-value]
-
-    async def finish_item(
-        self,
-        item: QueueItem,
-        record: ResultRecord,
-        *,
-        worker: str,
-        usage: dict[str, int] | None = None,
-        images: Sequence[str] = (),
-    ) -> FinishOutcome:
-        """Store the item's one result (if it has none yet) and acknowledge the entry.
-
-        `images` (sha256s of the stored images the item used) become references of the batch
-        when, and only when, this result is the one written.
-        """
-        k = self.keys
-        usage = usage or {}
-        outcome = await self._finish(
-            keys=[
-                k.batch(item.batch_id),
-                k.results(item.batch_id),
-                k.running(item.batch_id),
-                k.stream(),
-                k.images(item.batch_id),
-            ],
-            args=[
-                item.custom_id,
-                record.dumps(),
-                "completed" if record.kind == "output" else "failed",
-                GROUP,
-                item.msg_id,
-                usage.get("input_tokens", 0),
-                usage.get("output_tokens", 0),
-                usage.get("reasoning_tokens", 0),
-                usage.get("cached_tokens", 0),
-                worker,
-                len(item.body),
-                *images,
-            ],
-        )
-        return _s(outcome)  # type: ignore[return-value]
+    async def scan_invalid(self, batch_id: str) -> AsyncIterator[LineError]:
+        """Every validation error of the batch, in no particular order."""
+        async for _, raw in self.redis.hscan_iter(self.keys.invalid(batch_id)):
+            yield LineError.model_validate_json(raw)
 
     async def references_image(self, batch_id: str, sha256: str) -> bool:
         """Whether one of the batch's results used the stored image `sha256`."""
         return bool(await self.redis.sismember(self.keys.images(batch_id), sha256))
 
-    async def retry_later(self, item: QueueItem, *, due: float, worker: str) -> bool:
-        """Acknowledge the entry and park the item (next attempt) until `due` (epoch s)."""
-        payload = {
-            _s(key): (value.decode() if isinstance(value, bytes) else value)
-            for key, value in item.fields(attempt=item.attempt + 1).items()
-        }
-        payload["nonce"] = secrets.token_hex(4)
-        k = self.keys
-        result = await self._retry(
-            keys=[k.batch(item.batch_id), k.running(item.batch_id), k.stream(), k.delayed()],
-            args=[item.custom_id, GROUP, item.msg_id, due, orjson.dumps(payload), worker],
-        )
-        return bool(result)
-
-    async def release(self, item: QueueItem, *, worker: str, requeue: bool) -> None:
-        """Let go of an item: acknowledge it and, with `requeue`, queue it again at once."""
-        fields: list[Any] = []
-        for key, value in item.fields().items():
-            fields += [key, value]
-        k = self.keys
-        await self._release(
-            keys=[k.running(item.batch_id), k.stream()],
-            args=[item.custom_id, GROUP, item.msg_id, worker, "1" if requeue else "0", *fields],
-        )
-
-    async def move_due(self, *, limit: int = 200) -> int:
-        """Queue parked items whose retry time came (any worker may call it)."""
-        k = self.keys
-        moved = await self._move_due(keys=[k.delayed(), k.stream()], args=[time.time(), limit])
-        return int(moved)
-
     # ------------------------------------------------------------------ sealing
-
-    async def running_workers(self, batch_id: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(self.keys.running(batch_id))
-        return {_s(k): _s(v) for k, v in raw.items()}
-
-    async def seal_when_idle(self, batch_id: str) -> bool:
-        """Seal the batch if no live worker is running one of its items."""
-        running = await self.running_workers(batch_id)
-        dead = 0
-        if running:
-            names = sorted(set(running.values()))
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.exists(self.keys.worker(name))
-                flags = await pipe.execute()
-            live = {name for name, flag in zip(names, flags, strict=True) if flag}
-            dead = sum(1 for worker in running.values() if worker not in live)
-        result = await self._seal(
-            keys=[self.keys.batch(batch_id), self.keys.running(batch_id)], args=[dead]
-        )
-        return bool(result)
 
     async def seal(self, batch_id: str) -> None:
         """Seal now, whatever runs (expiry)."""
