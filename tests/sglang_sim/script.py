@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["DEFAULT_ANSWER", "DEFAULT_REASONING", "Fault", "FaultKind", "Rule", "SimConfig"]
 
@@ -80,6 +80,12 @@ class SimConfig(BaseModel):
       has completed, as a runtime does before its warm-up request finished.
     - `health_check_latency`: seconds `/health` takes (the real one waits >= 1 s for a
       one-token generation; 0 keeps tests fast).
+    - `mamba_cache`: the hybrid model's radix cache (`--mamba-radix-cache-strategy
+      extra_buffer`, `tests.sglang_sim.hybrid_cache`): a prefix is reused only up to a kept
+      recurrent-state snapshot, on `cache_page_size`'s grid (at least 64). Off: per-page reuse
+      of any cached prefix, as for a pure-attention model.
+    - `mamba_track_interval`: `--mamba-track-interval`, the decode snapshot interval; a
+      multiple of `cache_page_size`.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -99,3 +105,13 @@ class SimConfig(BaseModel):
     context_length: int = Field(default=131072, ge=16)
     healthy_after_first_generation: bool = False
     health_check_latency: float = Field(default=0.0, ge=0)
+    # The hybrid (Mamba/GDN) prefix cache.
+    mamba_cache: bool = False
+    mamba_track_interval: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _track_interval_on_pages(self) -> SimConfig:
+        # server_args' mamba hook asserts this at launch.
+        if self.mamba_cache and self.mamba_track_interval % self.cache_page_size:
+            raise ValueError("mamba_track_interval must be a multiple of cache_page_size")
+        return self
