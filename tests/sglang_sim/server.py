@@ -27,10 +27,10 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from tests.sglang_sim.chat import WEIGHT_VERSION, send_json, serve_chat
+from tests.sglang_sim.hybrid_cache import HybridRadixCache
 from tests.sglang_sim.protocol import AbortRequest, ChatRequest, error_dict
 from tests.sglang_sim.script import Rule, SimConfig
 from tests.sglang_sim.state import Job, RecordedRequest, RuleBook, Slots, Stats
-from tests.sglang_sim.hybrid_cache import HybridRadixCache
 from tests.sglang_sim.tokens import RadixCache
 
 __all__ = ["RecordedRequest", "Simulator"]

@@ -44,9 +44,7 @@ def session(
     return rows
 
 
-def test_a_plain_render_whose_dropped_block_sits_before_the_last_page_start_loses_reuse() -> (
-    None
-):
+def test_a_plain_render_whose_dropped_block_sits_before_the_last_page_start_loses_reuse() -> None:
     # Padding to a length of 1 mod 64: the block straddles the last 64-aligned point.
     rows = session(2113, 128, 20, preserve=False)
     assert rows == [(0, 2113), (0, 2241), (2048, 2369), (2048, 2497), (2304, 2625)]
