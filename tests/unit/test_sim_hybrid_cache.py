@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.sglang_sim.__main__ import _parser, config_from_args
 from tests.sglang_sim.hybrid_cache import (
     HybridRadixCache,
     branching_seqlen,
@@ -112,3 +113,16 @@ def test_branching_needs_a_kv_hit_past_the_deepest_state() -> None:
     assert branching_seqlen(2107, 2048, 64) is None
     assert prefill_track_seqlen(0, 2241, 64, 2048) == 2048
     assert prefill_track_seqlen(2048, 2369, 64, None) == 2368
+
+
+def test_the_launch_flags_select_the_hybrid_cache() -> None:
+    argv = ["--mamba-radix-cache-strategy", "extra_buffer", "--page-size", "64"]
+    config = config_from_args(_parser().parse_args([*argv, "--mamba-track-interval", "512"]))
+    assert (config.mamba_cache, config.cache_page_size, config.mamba_track_interval) == (
+        True,
+        64,
+        512,
+    )
+    assert config_from_args(_parser().parse_args([])).mamba_cache is False
+    with pytest.raises(ValueError, match="multiple of cache_page_size"):
+        config_from_args(_parser().parse_args([*argv, "--mamba-track-interval", "100"]))
