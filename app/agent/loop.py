@@ -402,7 +402,11 @@ class AgentRun:
                 end = Paused(self.pending)
         while end is None and self.steps < self.config.max_steps:
             self.steps += 1
-            messages = await runtime_messages([*self.history, *self.produced], self.media)
+            messages = await runtime_messages(
+                [*self.history, *self.produced],
+                self.media,
+                keep_reasoning=self.config.preserve_thinking,
+            )
             completion: Completion | None = None
             async for item in self._call_model(self._request(messages)):
                 if isinstance(item, Completion):

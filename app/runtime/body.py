@@ -87,10 +87,9 @@ def build_chat_body(
         "repetition_penalty": settings.repetition_penalty,
         **sampling.model_dump(exclude_none=True),
         "separate_reasoning": True,
-        "chat_template_kwargs": {
-            "enable_thinking": req.thinking,
-            "preserve_thinking": req.preserve_thinking,
-        },
+        # Always preserve: past turns then render as generated, think blocks included, which
+        # keeps the previous prompt + output a prefix of this one (app/agent/prompt.py).
+        "chat_template_kwargs": {"enable_thinking": req.thinking, "preserve_thinking": True},
     }
     if stream:
         # Per-chunk usage lets the budget guard count reasoning tokens exactly.

@@ -129,7 +129,7 @@ def test_bodies_validate_as_sglang_requests(case: str, stream: bool) -> None:
     assert parsed.repetition_penalty == body["repetition_penalty"]
     assert parsed.chat_template_kwargs == {
         "enable_thinking": req.thinking,
-        "preserve_thinking": req.preserve_thinking,
+        "preserve_thinking": True,
     }
     if req.thinking and req.thinking_budget:
         assert parsed.custom_params == {"thinking_budget": req.thinking_budget}

@@ -107,8 +107,9 @@ Deliberate differences from SGLang
 - One token per decode step (no speculative multi-token steps); `n` must be 1; one rid.
 - `/health` does not run a generation (latency configurable), and never goes unhealthy on
   its own; `/server_info` holds a few fields only; `prompt_tokens_details.image_tokens` and
-  every token count are approximations; prefix reuse is per token (page 1) by default and
-  ignores the hybrid model's coarser state snapshots.
+  every token count are approximations; prefix reuse is per token (page 1) by default;
+  `SimConfig.mamba_cache` models the hybrid model's reuse up to kept state snapshots
+  (`hybrid_cache.py`; not chunked prefill, pool-size eviction or speculative decoding).
 - Faults (429, cut connections, malformed chunks) are things a proxy or a crashing runtime
   produces; SGLang itself does not emit them this way.
 - Control endpoints under `/sim/` do not exist in SGLang.

@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key")
     parser.add_argument("--context-length", type=int)
     parser.add_argument("--page-size", type=int, help="prefix-cache page size")
+    parser.add_argument(
+        "--mamba-radix-cache-strategy",
+        choices=["extra_buffer"],
+        help="model the hybrid model's prefix cache (reuse up to kept state snapshots only)",
+    )
+    parser.add_argument("--mamba-track-interval", type=int)
     parser.add_argument("--default-chat-template-kwargs", help="a JSON object")
     parser.add_argument("--healthy-after-first-generation", action="store_true")
     parser.add_argument("--disable-cache-report", action="store_true")
@@ -53,7 +59,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         "api_key": args.api_key,
         "context_length": args.context_length,
         "cache_page_size": args.page_size,
+        "mamba_track_interval": args.mamba_track_interval,
     }
+    if args.mamba_radix_cache_strategy == "extra_buffer":
+        values["mamba_cache"] = True
     if args.default_chat_template_kwargs:
         values["default_template_kwargs"] = json.loads(args.default_chat_template_kwargs)
     if args.ignore_thinking_budget:

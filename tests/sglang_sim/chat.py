@@ -459,7 +459,7 @@ async def _generate(
     if started:
         job.running = True
         record.started_at = time.monotonic()
-        writer.cached = sim.cache.match_and_insert(prepared.prompt_tokens)
+        writer.cached = sim.cache.prefill(prepared.prompt_tokens)
         writer.prefilled = True
         record.cached_tokens = writer.cached
         sim.stats.add(prompt_tokens=len(prepared.prompt_tokens), cached_tokens=writer.cached)
@@ -491,7 +491,8 @@ async def _generate(
         job.running = False
         sim.slots.release()
         emitted = plan.tokens[: min(decoder.count, len(plan.tokens))]
-        sim.cache.match_and_insert([*prepared.prompt_tokens, *emitted])
+        # The last sampled token (EOS, a stop, the length cap's last) is never fed back.
+        sim.cache.finish(prepared.prompt_tokens, emitted, max(decoder.count - 1, 0))
         if decoder.finished.type != "abort":
             sim.mark_warm()
     await writer.finish(step)

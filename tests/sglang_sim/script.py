@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["DEFAULT_ANSWER", "DEFAULT_REASONING", "Fault", "FaultKind", "Rule", "SimConfig"]
 
@@ -92,6 +92,12 @@ class SimConfig(BaseModel):
     - `model_info_served_model_name`: False omits `served_model_name` from `/model_info`, as
       SGLang 0.5.15 does.
     - `reject_images`: every request carrying an image gets a 400 (a runtime without vision).
+    - `mamba_cache`: the hybrid model's radix cache (`--mamba-radix-cache-strategy
+      extra_buffer`, `tests.sglang_sim.hybrid_cache`): a prefix is reused only up to a kept
+      recurrent-state snapshot, on `cache_page_size`'s grid (at least 64). Off: per-page reuse
+      of any cached prefix, as for a pure-attention model.
+    - `mamba_track_interval`: `--mamba-track-interval`, the decode snapshot interval; a
+      multiple of `cache_page_size`.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -120,3 +126,13 @@ class SimConfig(BaseModel):
     version: str = "0.5.23"
     model_info_served_model_name: bool = True
     reject_images: bool = False
+    # The hybrid (Mamba/GDN) prefix cache.
+    mamba_cache: bool = False
+    mamba_track_interval: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _track_interval_on_pages(self) -> SimConfig:
+        # server_args' mamba hook asserts this at launch.
+        if self.mamba_cache and self.mamba_track_interval % self.cache_page_size:
+            raise ValueError("mamba_track_interval must be a multiple of cache_page_size")
+        return self

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from tests.sglang_sim.chat import WEIGHT_VERSION, send_json, serve_chat
+from tests.sglang_sim.hybrid_cache import HybridRadixCache
 from tests.sglang_sim.protocol import AbortRequest, ChatRequest, error_dict
 from tests.sglang_sim.script import Rule, SimConfig
 from tests.sglang_sim.state import Job, RecordedRequest, RuleBook, Slots, Stats
@@ -53,7 +54,7 @@ class Simulator:
         self._lock = threading.Lock()
         self._config = config or SimConfig()
         self.rulebook = RuleBook(rules)
-        self.cache = RadixCache(self._config.cache_page_size)
+        self.cache = _prefix_cache(self._config)
         self.stats = Stats()
         self.jobs: dict[str, Job] = {}
         self.slots = Slots(lambda: self._config.max_running)
@@ -77,8 +78,8 @@ class Simulator:
         and a higher `max_running` starts queued requests at once."""
         with self._lock:
             merged = SimConfig.model_validate({**self._config.model_dump(), **changes})
-            if merged.cache_page_size != self._config.cache_page_size:
-                self.cache = RadixCache(merged.cache_page_size)
+            if _cache_settings(merged) != _cache_settings(self._config):
+                self.cache = _prefix_cache(merged)
             self._config = merged
         self._in_loop(self.slots.dispatch)
         return merged
@@ -421,6 +422,17 @@ class Simulator:
         counter("sglang:num_requests", "Number of requests processed.", stats.requests)
         counter("sglang:num_aborted_requests", "Number of requests aborted.", stats.aborted)
         return "\n".join(lines) + "\n"
+
+
+def _cache_settings(config: SimConfig) -> tuple[bool, int, int]:
+    return config.mamba_cache, config.cache_page_size, config.mamba_track_interval
+
+
+def _prefix_cache(config: SimConfig) -> RadixCache | HybridRadixCache:
+    """The prefix cache the launch flags select (see `SimConfig.mamba_cache`)."""
+    if config.mamba_cache:
+        return HybridRadixCache(config.cache_page_size, config.mamba_track_interval)
+    return RadixCache(config.cache_page_size)
 
 
 def _json(content: Any, status_code: int = 200) -> Response:

@@ -91,9 +91,9 @@ class RadixCache:
     down to a whole number of pages, as SGLang caches whole pages only.
 
     At most `max_prompts` prompts are kept, least recently inserted or re-inserted first out,
-    so memory stays bounded. Not modelled: eviction by KV-pool size, the hybrid model's coarser
-    reuse (Gated DeltaNet states are kept only every `--mamba-track-interval` tokens), and
-    sharing between different images with equal placeholder text. Thread-safe.
+    so memory stays bounded. Not modelled: eviction by KV-pool size and sharing between
+    different images with equal placeholder text. The hybrid model's coarser reuse (recurrent
+    states kept only at a few points) is `tests.sglang_sim.hybrid_cache`. Thread-safe.
     """
 
     def __init__(self, page_size: int = 1, *, max_prompts: int = 1024) -> None:
@@ -119,6 +119,15 @@ class RadixCache:
             self._insert(key)
         matched = min(matched, max(len(key) - 1, 0))
         return matched - matched % self.page_size
+
+    def prefill(self, tokens: Sequence[str]) -> int:
+        """Cached tokens of a prompt about to be prefilled; the prompt is stored."""
+        return self.match_and_insert(tokens)
+
+    def finish(self, prompt: Sequence[str], output: Sequence[str], fed: int) -> None:
+        """A request ended: its prompt and every emitted token are stored (`fed`, the tokens
+        whose KV was computed, matters to the hybrid cache only)."""
+        self.match_and_insert([*prompt, *output])
 
     def reset(self) -> None:
         """Forget every stored prompt."""

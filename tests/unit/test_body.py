@@ -26,7 +26,8 @@ def test_sampling_defaults_come_from_the_model_card(settings: Settings) -> None:
     assert body["top_k"] == 20
     assert body["repetition_penalty"] == 1.1
     assert body["separate_reasoning"] is True
-    assert body["chat_template_kwargs"] == {"enable_thinking": False, "preserve_thinking": False}
+    # Always preserved: past turns render as generated (app/agent/prompt.py).
+    assert body["chat_template_kwargs"] == {"enable_thinking": False, "preserve_thinking": True}
     assert "custom_params" not in body
     assert body["rid"] == "r1."
     assert body["model"] == "m"
