@@ -3,7 +3,9 @@
 `build_registry(settings)` gives the built-ins that are configured: calculator, clock,
 image_zoom, fetch_url and the memory tools always; web_search when `CASCADE_SEARXNG_URL` is set;
 home_assistant_state when Home Assistant's URL and token are set, and home_assistant_call when
-`CASCADE_HOME_ASSISTANT_ALLOW` names services too. MCP tools are added by `McpManager`.
+`CASCADE_HOME_ASSISTANT_ALLOW` names services too. MCP tools are added by `McpManager`. Of the
+registered tools, a turn is offered only those whose needs are met (`Tool.needs`: image_zoom
+needs an image in the conversation, the memory tools Redis; see `app.agent.turn`).
 """
 
 from __future__ import annotations

@@ -83,6 +83,13 @@ class ToolSettings(CascadeSettings):
     tools_confirm_write: Annotated[bool | set[str], NoDecode] = Field(
         default=True, description="Write tools that need the user's OK per call."
     )
+    server_tools_with_client_tools: bool = Field(
+        default=False,
+        description=(
+            "Offer the server tools to a request that declares its own `tools` even when it "
+            "does not name them in `server_tools` (off: such a request gets only its own)."
+        ),
+    )
 
     # --- clock ---
     timezone: str = Field(default="UTC", description="The operator's IANA time zone.")
@@ -175,6 +182,7 @@ class ToolSettings(CascadeSettings):
             enabled=None if self.tools_enabled is None else set(self.tools_enabled),
             allow_write=_copy(self.tools_allow_write),
             confirm_write=_copy(self.tools_confirm_write),
+            server_tools_with_client_tools=self.server_tools_with_client_tools,
         )
 
 

@@ -37,6 +37,9 @@ from app.media.store import ImageRef
 log = structlog.get_logger("cascade.tools")
 
 SideEffect = Literal["read", "write"]
+#: What a tool needs to be of any use in a conversation: `images` (an image in the
+#: conversation), `redis` (the server's Redis). A tool is offered only when all it needs is there.
+Need = Literal["images", "redis"]
 
 #: Tool names the registry accepts: what SGLang's qwen3_coder parser reads back from
 #: `<function=NAME>` (anything but `>`), narrowed to a safe, printable set. Dots are allowed so
@@ -124,11 +127,14 @@ class ToolPolicy:
     - `allow_write`: `True` = every write tool may run; a set = only those; `False` = none.
     - `confirm_write`: write tools that need the user's OK per call (`True` = all of them).
       A tool declared `requires_confirmation` always needs it.
+    - `server_tools_with_client_tools`: whether a request that declares its own `tools` is
+      also offered the server tools when it does not name them in `server_tools`.
     """
 
     enabled: set[str] | None = None
     allow_write: bool | set[str] = False
     confirm_write: bool | set[str] = True
+    server_tools_with_client_tools: bool = False
 
     def is_enabled(self, name: str) -> bool:
         return self.enabled is None or name in self.enabled
@@ -169,6 +175,7 @@ class Tool:
         timeout: float = 15.0,
         max_output_chars: int = 16000,
         requires_confirmation: bool = False,
+        needs: Iterable[Need] = (),
     ) -> None:
         if not TOOL_NAME_RE.match(name):
             raise ValueError(f"invalid tool name {name!r}: use letters, digits, _ . - (max 64)")
@@ -183,6 +190,7 @@ class Tool:
         self.timeout = float(timeout)
         self.max_output_chars = int(max_output_chars)
         self.requires_confirmation = requires_confirmation
+        self.needs: frozenset[Need] = frozenset(needs)
         self._fn = fn
         self._schema_json: str | None = None
 
@@ -260,12 +268,14 @@ def tool(
     max_output_chars: int = 16000,
     requires_confirmation: bool = False,
     args_model: type[BaseModel] | None = None,
+    needs: Iterable[Need] = (),
 ) -> Callable[[ToolFn], Tool]:
     """Declare a tool from `async def f(args: SomeArgs, ctx: ToolContext) -> str | ToolResult`.
 
     `SomeArgs` (the first parameter's annotation, or `args_model`) must be a pydantic model that
     forbids extra fields (subclass `ToolArgs`). The name defaults to the function's name, the
-    description to its docstring (lines of a paragraph joined).
+    description to its docstring (lines of a paragraph joined). `needs` says what the tool
+    needs to be offered at all (see `Need`).
     """
 
     def decorate(fn: ToolFn) -> Tool:
@@ -299,6 +309,7 @@ def tool(
             timeout=timeout,
             max_output_chars=max_output_chars,
             requires_confirmation=requires_confirmation,
+            needs=needs,
         )
 
     return decorate
@@ -345,6 +356,11 @@ class ToolRegistry:
         """OpenAI tool schemas, sorted by name; `names` selects (unknown names are skipped)."""
         wanted = self.names() if names is None else sorted(set(names) & set(self._tools))
         return [self._tools[n].openai_schema() for n in wanted]
+
+    def usable(self, names: Iterable[str], present: Iterable[Need]) -> list[str]:
+        """The registered `names` (in the given order) whose needs are all `present`."""
+        have = set(present)
+        return [n for n in names if n in self._tools and self._tools[n].needs <= have]
 
     def schemas_for(self, policy: ToolPolicy) -> list[dict[str, Any]]:
         """The schemas of the tools `policy` enables."""

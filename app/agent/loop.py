@@ -9,6 +9,10 @@ typed `RunEnd` (`Final`, `ClientTools`, `Paused`, `MaxSteps`) carried by `RunDon
   a tool failure is the tool's output for the model, never a crash of the run;
 - client tools (declared in the request) end the run with `finish_reason: "tool_calls"`; server
   calls of the same step run first and their results are part of the run's messages;
+- a forcing `tool_choice` ("required" or a named tool) applies to the model's first reply, as
+  in OpenAI's API: once tool results follow it (run here, sent by the client, or a confirmed
+  pause resumed), every later step is sent with "auto". SGLang enforces a forced choice with a
+  grammar on each call that carries it, so re-sending it would force a call on every step;
 - a tool call left in the reasoning or content as text is repaired when it parses cleanly into a
   known tool; otherwise the model is told what was wrong and gets one more try;
 - `new_messages` (and `partial_messages()` after an interruption) are whole messages only:
@@ -128,6 +132,11 @@ class AgentRun:
         self._check_tool_choice()
         self.confirmed: set[str] = set()
         self.resumed = self._confirmed_pause()
+        # Tool results after the last reply: the model already answered the forced choice.
+        conversation = [*self.history, *self.produced]
+        self.tools_answered = bool(self.resumed) or bool(
+            conversation and conversation[-1].get("role") == "tool"
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -158,7 +167,7 @@ class AgentRun:
         return RuntimeRequest(
             messages=messages,
             tools=self.tool_defs or None,
-            tool_choice=self.config.tool_choice if self.tool_defs else None,
+            tool_choice=self._tool_choice() if self.tool_defs else None,
             thinking=thinking,
             thinking_budget=left if thinking else None,
             preserve_thinking=self.config.preserve_thinking,
@@ -167,6 +176,12 @@ class AgentRun:
             priority=self.config.priority,
             sampling=self.config.sampling,
         )
+
+    def _tool_choice(self) -> str | dict[str, Any] | None:
+        """The request's tool_choice, except that a forcing one ends with the first reply."""
+        choice = self.config.tool_choice
+        forcing = choice == "required" or isinstance(choice, dict)
+        return "auto" if forcing and self.tools_answered else choice
 
     async def _call_model(self, req: RuntimeRequest) -> AsyncIterator[AgentEvent | Completion]:
         """One model call; streams text events (and client tool-call deltas), then the result."""
@@ -260,6 +275,7 @@ class AgentRun:
                         f"({len(result.images)} image(s) follow in the next message)"
                     )
             self.produced.append({"role": "tool", "tool_call_id": call.id, "content": text})
+            self.tools_answered = True
             yield ToolProgress(self.steps, call.id, call.function.name, status)
         if paused:
             self._pause(paused)

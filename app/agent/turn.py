@@ -5,6 +5,12 @@ a `ChatRequest` and calls `assemble_turn`; none builds an `AgentRun` itself. Her
 
 - the run config is resolved from the request, the session's options and the operator's
   defaults, under the operator's tool policy (a request may narrow it, never widen it);
+- the server tools offered are the fewest that serve the turn: a request that declares its own
+  `tools` gets server tools only when `server_tools` names them (or the operator says
+  otherwise), and a tool is offered only when what it needs is there (`tools.registry.Need`:
+  an image in the conversation for `image_zoom`, Redis for the memory tools). The offer
+  depends on the conversation only, so it stays byte-identical from turn to turn (it grows
+  once, when a first image arrives);
 - new messages are normalised to the stored form, and a session turn's tool results are
   checked against the calls its stored history made;
 - images in the new messages are checked, processed and stored under one per-turn budget
@@ -25,6 +31,7 @@ import redis.asyncio as aioredis
 
 from app.agent.loop import AgentRun
 from app.agent.models import RunConfig
+from app.agent.prompt import image_refs
 from app.agent.protocol import ChatRequest, check_tool_results, normalise_messages
 from app.config import Settings
 from app.errors import InvalidRequestError
@@ -32,7 +39,7 @@ from app.media.intake import IMAGE_PART_TYPES, ImageBudget, ImageIntake
 from app.runtime.body import check_temperature, grant_budget
 from app.runtime.guard import Runtime
 from app.sessions.models import SessionOptions
-from tools.registry import ToolPolicy, ToolRegistry
+from tools.registry import Need, ToolPolicy, ToolRegistry
 
 
 class PartsIngest(Protocol):
@@ -86,6 +93,12 @@ async def assemble_turn(
     if req.session_id is not None:
         check_tool_results(list(history), new)
     images = await _ingest_images(services, new, owner=owner, ingest=ingest)
+    if services.registry is not None:
+        present: list[Need] = ["redis"] if services.redis is not None else []
+        if images or image_refs(history):
+            present.append("images")
+        config.server_tools = services.registry.usable(config.server_tools, present)
+        policy.enabled = set(config.server_tools)
     if not history and settings.system_prompt and new and new[0]["role"] != "system":
         new.insert(0, {"role": "system", "content": settings.system_prompt})
     run = AgentRun(
@@ -152,6 +165,9 @@ def run_config(
 
     A request may narrow the operator's tool policy (fewer tools), never widen it: tools the
     operator disabled stay unavailable, and write permission always comes from the operator.
+    Server tools nobody named (neither the request's nor the session's `server_tools`) are
+    all available ones, except for a request that declares its own `tools`: it gets none unless
+    the operator's policy says `server_tools_with_client_tools`.
     """
     base_policy = base_policy or ToolPolicy()  # the safe default: no writes
     check_temperature(req.temperature, settings)
@@ -170,7 +186,7 @@ def run_config(
     ]
     wanted = req.server_tools if req.server_tools is not None else options.server_tools
     if wanted is None:
-        wanted = available
+        wanted = available if not req.tools or base_policy.server_tools_with_client_tools else []
     unknown = sorted(set(wanted) - set(available))
     if unknown and req.server_tools is not None:
         raise InvalidRequestError(
@@ -199,5 +215,6 @@ def run_config(
         enabled=set(config.server_tools),
         allow_write=base_policy.allow_write,
         confirm_write=base_policy.confirm_write,
+        server_tools_with_client_tools=base_policy.server_tools_with_client_tools,
     )
     return config, policy

@@ -48,16 +48,23 @@ def grant_budget(requested: int | None, settings: Settings) -> int:
 
 
 def answer_allowance(req: RuntimeRequest, settings: Settings) -> int:
-    """Tokens the answer may use beyond the reasoning: the caller's `max_tokens`, else the
-    configured default. The thinking budget comes on top, so reasoning never starves it."""
+    """Tokens the answer (content and tool calls) may use beyond the reasoning: the caller's
+    `max_tokens`, else the configured default. The thinking budget comes on top, so reasoning
+    never starves it."""
     return req.max_answer_tokens or settings.answer_tokens_default
 
 
 def runtime_max_tokens(req: RuntimeRequest, settings: Settings) -> int:
-    """`max_tokens` for the runtime, which counts reasoning *plus* answer."""
+    """`max_tokens` for the runtime, which counts reasoning *plus* answer.
+
+    With a budget N, strict thinking gives N + 1 reasoning tokens at most (the forced
+    `</think>` included), so N + 1 + the allowance lets the answer have exactly its allowance
+    when the runtime holds the budget. Reasoning that ends earlier would leave the answer more
+    room: the budget guard cuts such an answer at its allowance (`app.runtime.guard`).
+    """
     answer = answer_allowance(req, settings)
     if req.thinking and req.thinking_budget is not None:
-        return req.thinking_budget + settings.budget_margin + answer
+        return req.thinking_budget + 1 + answer
     return answer
 
 

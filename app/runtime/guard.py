@@ -21,6 +21,15 @@ must be off here: with strict thinking a thinking-on request is held inside the 
 answer text. The caller therefore always gets an answer, and reasoning handed on never exceeds
 `budget + margin` counted tokens (the chunk that would cross it is dropped, not cut).
 
+The answer (content and tool calls) never exceeds its allowance (`answer_allowance`: the
+caller's `max_tokens`). The first request's `max_tokens` is `budget + 1 + allowance`
+(`runtime_max_tokens`), exact when the runtime holds the budget; reasoning that ends before
+the budget would leave the answer more, so the guard counts answer tokens too (completion
+tokens past the reasoning and its `</think>`) and, when a chunk would pass the allowance,
+drops it, aborts the runtime request and ends with `finish_reason: "length"`, usage counting
+the tokens handed on. A continuation gets the whole allowance (no answer came before it) as
+its `max_tokens`, which the runtime holds exactly with thinking off.
+
 Non-streamed calls with thinking on are streamed internally for the same reason; the result is
 the aggregate. Usage of both requests is summed; `ThinkingReport.closed_by_guard` says the guard
 stepped in.
@@ -117,13 +126,22 @@ class GuardedRuntime:
 
         budget = req.thinking_budget
         limit = budget + self.settings.budget_margin
+        allowance = answer_allowance(req, self.settings)
         counted = 0
+        answered = 0
         answer_started = False
         reasoning: list[str] = []
         overran = False
+        cut = False
         final: Chunk | None = None
         async with aclosing(self.inner.stream(req, rid=rid)) as chunks:
             async for chunk in chunks:
+                if cut:
+                    # Aborted: wait for the runtime's last chunk for its usage, relay nothing.
+                    if chunk.finish_reason is not None:
+                        final = chunk
+                        break
+                    continue
                 if chunk.reasoning_content and not answer_started:
                     now = (
                         chunk.completion_tokens
@@ -137,6 +155,15 @@ class GuardedRuntime:
                     reasoning.append(chunk.reasoning_content)
                 if chunk.content or chunk.tool_calls:
                     answer_started = True
+                    now = _answer_tokens(chunk, counted, answered)
+                    if now > allowance:
+                        cut = True
+                        await self.inner.abort(rid)
+                        if chunk.finish_reason is None:
+                            continue
+                        chunk.content, chunk.tool_calls = None, None
+                    else:
+                        answered = now
                 if chunk.finish_reason is not None:
                     final = chunk
                     break
@@ -144,6 +171,9 @@ class GuardedRuntime:
         if overran:
             # Stop paying for reasoning nobody will see; closing the stream alone is lazy.
             await self.inner.abort(rid)
+        if cut:
+            log.info("answer_allowance_guard", rid=rid, allowance=allowance, answered=answered)
+            final = _cut_finish(final, rid, reasoned=counted, answered=answered)
         still_reasoning = (
             final is not None
             and final.finish_reason == "length"
@@ -213,3 +243,30 @@ class GuardedRuntime:
                     chunk.usage.reasoning_tokens = report.used
                     chunk.thinking = report
                 yield chunk
+
+
+def _answer_tokens(chunk: Chunk, reasoned: int, answered: int) -> int:
+    """Answer tokens once `chunk` is added: completion tokens past the `reasoned` ones and the
+    `</think>` (counted as reasoning, as SGLang counts it), or estimated from the text."""
+    if chunk.completion_tokens is not None:
+        return chunk.completion_tokens - reasoned - 1
+    text = (chunk.content or "") + "".join(
+        (d.name or "") + (d.arguments or "") for d in chunk.tool_calls or ()
+    )
+    return answered + estimate_tokens(text)
+
+
+def _cut_finish(final: Chunk | None, rid: str, *, reasoned: int, answered: int) -> Chunk:
+    """The finish of an answer cut at its allowance: `length`, with the runtime's usage but
+    completion tokens counting what was handed on (reasoning and the answer so far)."""
+    usage = (final.usage if final is not None else None) or Usage()
+    reasoning = usage.reasoning_tokens or reasoned + 1
+    completion = reasoning + answered
+    usage = usage.model_copy(
+        update={
+            "completion_tokens": completion,
+            "total_tokens": usage.prompt_tokens + completion,
+            "reasoning_tokens": reasoning,
+        }
+    )
+    return Chunk(finish_reason="length", usage=usage, rid=rid)

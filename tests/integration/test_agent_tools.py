@@ -473,3 +473,108 @@ def test_preserve_thinking_reuses_the_whole_previous_prompt_and_output(
         assert cur.body["chat_template_kwargs"]["preserve_thinking"] is True
         assert cur.prompt.startswith(prev.prompt + prev.output + "<|im_end|>")
         assert cur.cached_tokens >= count_tokens(prev.prompt + prev.output)
+
+
+# --- tool_choice: a forcing choice applies to the first reply only ---
+
+
+def test_required_tool_choice_forces_the_first_reply_only(
+    client: OpenAI, cascade: Cascade, sim: SimHandle
+) -> None:
+    rec = Recorder()
+    register_tools(cascade, rec)
+    sim.sim.add_rule(Rule(output=call("lookup", key="a"), times=1))
+    sim.sim.add_rule(Rule(output="The value is value-of-a."))
+    response = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "look a up"}],
+        tool_choice="required",
+        extra_body={"server_tools": ["lookup"]},
+    )
+    # The simulator enforces tool_choice as SGLang's grammar does: re-sent on step 2 it would
+    # force another call, and another, until max_steps.
+    assert [r.body.get("tool_choice") for r in sim.sim.requests] == ["required", "auto"]
+    assert response.choices[0].message.content == "The value is value-of-a."
+    assert response.choices[0].finish_reason == "stop"
+    assert [key for key, _, _ in rec.spans] == ["a"]
+
+
+def test_named_tool_choice_forces_the_first_reply_only_when_streamed(
+    client: OpenAI, cascade: Cascade, sim: SimHandle
+) -> None:
+    rec = Recorder()
+    register_tools(cascade, rec)
+    sim.sim.add_rule(Rule(output="I know it already."))
+    stream = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "look it up"}],
+        tool_choice={"type": "function", "function": {"name": "lookup"}},
+        stream=True,
+        extra_body={"server_tools": ["lookup", "read_page"]},
+    )
+    content = "".join(c.delta.content or "" for chunk in stream for c in chunk.choices)
+    assert content == "I know it already."
+    choices = [r.body.get("tool_choice") for r in sim.sim.requests]
+    assert choices == [{"type": "function", "function": {"name": "lookup"}}, "auto"]
+    assert len(rec.spans) == 1  # the forced call (placeholder key) ran, then the answer
+
+
+def test_tool_results_from_the_client_are_answered_with_auto(
+    client: OpenAI, cascade: Cascade, sim: SimHandle
+) -> None:
+    sim.sim.add_rule(Rule(output=call("get_weather", city="Paris"), times=1))
+    first = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "weather in Paris"}],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice="required",
+        extra_body={"server_tools": [], "store": True},
+    )
+    calls = first.choices[0].message.tool_calls
+    assert calls is not None and first.choices[0].finish_reason == "tool_calls"
+    sim.sim.add_rule(Rule(output="Sunny in Paris."))
+    second = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "tool", "tool_call_id": calls[0].id, "content": "sunny"}],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice="required",
+        extra_body={"session_id": extra(first, "session_id"), "server_tools": []},
+    )
+    assert second.choices[0].message.content == "Sunny in Paris."
+    assert [r.body.get("tool_choice") for r in sim.sim.requests] == ["required", "auto"]
+
+
+def test_a_resumed_pause_continues_with_auto(writable: Cascade, sim: SimHandle) -> None:
+    rec = Recorder()
+    register_tools(writable, rec)
+    sim.sim.add_rule(Rule(output=call("open_door", door="garage"), times=1))
+    url = writable.url + "/v1/chat/completions"
+    first = httpx.post(
+        url,
+        json={
+            "model": "m",
+            "messages": [{"role": "user", "content": "open the garage"}],
+            "server_tools": ["open_door"],
+            "tool_choice": "required",
+            "store": True,
+        },
+        timeout=30,
+    ).json()
+    pause_id = first["cascade"]["pending_confirmation"]["pause_id"]
+    sim.sim.add_rule(Rule(output="The garage is open."))
+    second = httpx.post(
+        url,
+        json={
+            "model": "m",
+            "messages": [],
+            "session_id": first["session_id"],
+            "server_tools": ["open_door"],
+            "tool_choice": "required",
+            "confirm_tool_calls": [pause_id],
+        },
+        timeout=30,
+    )
+    assert second.status_code == 200, second.text
+    assert second.json()["choices"][0]["message"]["content"] == "The garage is open."
+    assert [r.body.get("tool_choice") for r in sim.sim.requests] == ["required", "auto"]
+    assert rec.doors_opened == ["garage"]

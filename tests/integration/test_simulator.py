@@ -742,6 +742,121 @@ async def test_fault_malformed_chunk(handle: SimHandle) -> None:
         json.loads(broken.content)
 
 
+# --------------------------------------------------------------------------- tool_choice
+
+TIME_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The time in a zone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string"}},
+            "required": ["zone"],
+        },
+    },
+}
+NAMED_TIME = {"type": "function", "function": {"name": "get_time"}}
+
+
+async def test_required_tool_choice_turns_a_plain_answer_into_a_call(handle: SimHandle) -> None:
+    handle.sim.add_rule(Rule(output="It is sunny, no tool needed."))
+    async with client(handle) as http:
+        forced = await chat(http, messages=user("hi"), tools=TOOLS, tool_choice="required")
+        free = await chat(http, messages=user("hi"), tools=TOOLS, tool_choice="auto")
+    choice = forced.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    (call,) = choice["message"]["tool_calls"]
+    # The first offered tool, its required parameter with a placeholder value.
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": ""}'}
+    assert choice["message"]["content"] == ""
+    assert free.json()["choices"][0]["message"]["content"] == "It is sunny, no tool needed."
+
+
+async def test_required_tool_choice_drops_text_before_the_call(handle: SimHandle) -> None:
+    handle.sim.add_rule(Rule(output=TOOL_OUTPUT))
+    async with client(handle) as http:
+        response = await chat(
+            http,
+            messages=user("weather?"),
+            tools=TOOLS,
+            tool_choice="required",
+            chat_template_kwargs=THINKING,
+        )
+    message = response.json()["choices"][0]["message"]
+    assert message["reasoning_content"] == REASONING  # the grammar starts after the reasoning
+    assert message["content"] == ""  # "Let me check." may not precede the call
+    assert json.loads(message["tool_calls"][0]["function"]["arguments"]) == {
+        "city": "Paris",
+        "days": 3,
+    }
+    assert handle.sim.requests[-1].output == f"{REASONING}</think>{TOOL_XML}"
+
+
+async def test_named_tool_choice_forces_exactly_that_tool(handle: SimHandle) -> None:
+    handle.sim.add_rule(Rule(output=f"{TOOL_XML}\nand more text"))
+    async with client(handle) as http:
+        named = await chat(
+            http, messages=user("q"), tools=[*TOOLS, TIME_TOOL], tool_choice=NAMED_TIME
+        )
+        weather = await chat(
+            http,
+            messages=user("q"),
+            tools=[*TOOLS, TIME_TOOL],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        )
+    (call,) = named.json()["choices"][0]["message"]["tool_calls"]
+    assert call["function"] == {"name": "get_time", "arguments": '{"zone": ""}'}
+    weather_message = weather.json()["choices"][0]["message"]
+    assert [c["function"]["name"] for c in weather_message["tool_calls"]] == ["get_weather"]
+    assert weather_message["content"] == ""
+    assert handle.sim.requests[-1].output == TOOL_XML  # nothing after the one call
+
+
+async def test_required_tool_choice_streams_the_forced_call(handle: SimHandle) -> None:
+    handle.sim.add_rule(Rule(output="No call from me."))
+    async with client(handle) as http:
+        events = await stream_events(http, messages=user("q"), tools=TOOLS, tool_choice="required")
+    chunks = [json.loads(e) for e in events[:-1]]
+    names = [
+        call["function"]["name"]
+        for c in chunks
+        if c["choices"]
+        for call in c["choices"][0]["delta"].get("tool_calls") or []
+        if call["function"].get("name")
+    ]
+    assert names == ["get_weather"]
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == "tool_calls"
+
+
+async def test_required_tool_choice_applies_after_a_forced_think_end(handle: SimHandle) -> None:
+    handle.sim.add_rule(Rule(output=" ".join(["hmm"] * 50)))  # reasoning that never closes
+    async with client(handle) as http:
+        response = await chat(
+            http,
+            messages=user("q"),
+            tools=TOOLS,
+            tool_choice="required",
+            chat_template_kwargs=THINKING,
+            custom_params={"thinking_budget": 5},
+        )
+    body = response.json()
+    assert body["usage"]["reasoning_tokens"] == 6
+    assert body["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+async def test_tool_choice_none_leaves_the_tools_out_and_parses_no_call(
+    handle: SimHandle,
+) -> None:
+    handle.sim.add_rule(Rule(output=TOOL_XML))
+    async with client(handle) as http:
+        response = await chat(http, messages=user("q"), tools=TOOLS, tool_choice="none")
+    message = response.json()["choices"][0]["message"]
+    assert message.get("tool_calls") is None and message["content"] == TOOL_XML
+    assert "get_weather" not in handle.sim.requests[-1].prompt
+
+
 # --------------------------------------------------------------------------- scheduling
 
 

@@ -49,6 +49,7 @@ async def test_chat_and_batch_send_the_runtime_the_same_body(
             }
         ],
         "tools": [WEATHER_TOOL],
+        "server_tools": ["clock"],  # a request with its own tools gets server tools it names
         "temperature": 0.6,
         "top_p": 0.9,
         "max_tokens": 200,

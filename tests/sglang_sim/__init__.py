@@ -42,6 +42,11 @@ What is simulated (each point follows SGLang 0.5.23's source, file named)
   not rendered); without it a final assistant message becomes a user message (SGLang does
   that). tool_choice "none" leaves the tools out of the prompt; a named tool_choice renders
   only that tool.
+- A forced tool_choice constrains the answer as SGLang's tool-call grammar does (xgrammar's
+  `qwen_3_coder` structural tag, from `get_structure_constraint`, after the reasoning):
+  "required" makes it open with a call to an offered tool, a named function makes it exactly
+  one call to that tool; a script the grammar would not allow is shaped to fit
+  (`tests.sglang_sim.generation.forced_tool_answer` says how).
 - Thinking is "on" unless the merged `enable_thinking` is false. Then `reasoning_tokens`
   counts every output token up to and including `</think>` (batch_result_processor.py) and
   strict thinking applies `custom_params.thinking_budget` (an int; negative = none): past N
@@ -97,10 +102,12 @@ groups and punctuation runs are one token each). Images count one token per 32x3
 the image resized as Qwen's smart_resize does (size read from a data: URI; 256 for URLs).
 
 Deliberate differences from SGLang
-- Output is scripted, not sampled: sampling parameters, seeds, logprobs, response_format and
-  tool_choice constraints do not change it. Strict thinking's ban on `<tool_call>` and EOS
-  while the runtime believes the model is reasoning is not applied: a script may put a call
-  inside its reasoning (the failure mode seen in the wild), and a script that ends without
+- Output is scripted, not sampled: sampling parameters, seeds, logprobs and response_format
+  do not change it (a forced tool_choice does, see above; parameter values are checked with
+  jsonschema, not with xgrammar's own JSON-schema grammar). Strict thinking's ban on
+  `<tool_call>` and EOS while the runtime believes the model is reasoning is not applied: a
+  script may put a call inside its reasoning (the failure mode seen in the wild), and a
+  script that ends without
   `</think>` under thinking stops with EOS where the real runtime would go on to the budget
   or `max_tokens` (e.g. a continuation with enable_thinking true whose prompt already
   closed the reasoning).

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,14 @@ import orjson
 from jsonschema import Draft202012Validator, SchemaError
 from starlette.types import Receive, Send
 
-from tests.sglang_sim.generation import THINK_END, Decoder, Plan, Step, plan_output
+from tests.sglang_sim.generation import (
+    THINK_END,
+    Decoder,
+    Plan,
+    Step,
+    forced_tool_answer,
+    plan_output,
+)
 from tests.sglang_sim.media import ImageError, ImageInfo, prompt_images
 from tests.sglang_sim.parsing import (
     Delta,
@@ -313,14 +320,37 @@ def _plan(config: SimConfig, prepared: _Prepared, rule: Rule | None) -> Plan:
         text = f"{DEFAULT_REASONING}{THINK_END}\n\n{DEFAULT_ANSWER}"
     else:
         text = DEFAULT_ANSWER
-    budget = (prepared.request.custom_params or {}).get("thinking_budget")
+    request = prepared.request
+    budget = (request.custom_params or {}).get("thinking_budget")
     # grammar_manager.py reads the budget only when it is an int.
     return plan_output(
         text,
         thinking=prepared.thinking,
         thinking_budget=budget if isinstance(budget, int) else None,
         enforce_budget=not config.ignore_thinking_budget,
+        shape_answer=_tool_grammar(prepared),
     )
+
+
+def _tool_grammar(prepared: _Prepared) -> Callable[[str], str] | None:
+    """The answer grammar of a forced `tool_choice` ("required" or a named function), or None.
+
+    `_process_messages` builds it from the effective tools whenever tool_choice is not "none"
+    (validation already refused a forced choice without tools); "auto" gets no grammar with
+    qwen3_coder (no strict tools), and "none" neither: the tools are simply not rendered.
+    """
+    request = prepared.request
+    choice = request.tool_choice
+    tools = prepared.parsing.tools
+    if choice in ("auto", "none") or not tools:
+        return None
+    wanted = choice if isinstance(choice, str) else choice.model_dump()
+    parallel = request.parallel_tool_calls
+
+    def shape(answer: str) -> str:
+        return forced_tool_answer(answer, tools=tools, choice=wanted, parallel=parallel)
+
+    return shape
 
 
 def _new_tool_call_id() -> str:

@@ -42,8 +42,9 @@ def test_thinking_budget_goes_to_custom_params_and_max_tokens_leaves_room(
     body = build_chat_body(req, settings, model="m", rid="r.", stream=True)
     assert body["custom_params"] == {"thinking_budget": 1000}
     assert body["chat_template_kwargs"]["enable_thinking"] is True
-    # The answer's allowance comes on top of the budget (and its margin): never starved.
-    assert body["max_completion_tokens"] == 1000 + settings.budget_margin + 100
+    # The answer's allowance comes on top of the budget and its forced `</think>`: never
+    # starved, and not more when the runtime holds the budget.
+    assert body["max_completion_tokens"] == 1000 + 1 + 100
     assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
 
 

@@ -149,3 +149,57 @@ async def test_streamed_chunks_carry_the_report_on_the_last_one() -> None:
     assert seen[-1].thinking is not None and seen[-1].thinking.closed_by_guard
     assert all(c.thinking is None for c in seen[:-1])
     assert sum(1 for c in seen if c.reasoning_content) == 10
+
+
+def answer(start: int, n: int) -> list[Chunk]:
+    """`n` one-token content chunks, the first at completion token `start` + 1."""
+    return [Chunk(content=f"a{i} ", completion_tokens=start + i + 1) for i in range(n)]
+
+
+async def test_an_answer_past_its_allowance_is_cut_and_aborted() -> None:
+    req = REQ.model_copy(update={"max_answer_tokens": 5})
+    # Reasoning ends early (3 tokens, then `</think>` as token 4): the runtime's max_tokens
+    # would leave the answer 10 + 1 + 5 - 4 = 12 tokens.
+    inner = ScriptedRuntime(
+        [
+            *reasoning(3),
+            *answer(4, 12),
+            Chunk(finish_reason="abort", usage=Usage(prompt_tokens=7, reasoning_tokens=4)),
+        ]
+    )
+    result = await GuardedRuntime(inner, load_settings()).complete(req)
+    assert result.content == "a0 a1 a2 a3 a4 "
+    assert result.finish_reason == "length"
+    assert inner.aborted == [result.rid]
+    assert result.usage.completion_tokens - result.usage.reasoning_tokens == 5
+    # Read on to the runtime's finish for its usage; completion counts what was handed on.
+    assert result.usage.prompt_tokens == 7 and result.usage.total_tokens == 7 + 9
+    assert len(inner.requests) == 1
+
+
+async def test_an_answer_within_its_allowance_is_left_alone() -> None:
+    req = REQ.model_copy(update={"max_answer_tokens": 5})
+    inner = ScriptedRuntime(
+        [
+            *reasoning(3),
+            *answer(4, 5),
+            Chunk(finish_reason="stop", usage=Usage(completion_tokens=9, reasoning_tokens=4)),
+        ]
+    )
+    result = await GuardedRuntime(inner, load_settings()).complete(req)
+    assert result.finish_reason == "stop" and result.content.count("a") == 5
+    assert inner.aborted == []
+
+
+async def test_the_answer_allowance_is_estimated_without_running_counts() -> None:
+    req = REQ.model_copy(update={"max_answer_tokens": 4})
+    inner = ScriptedRuntime(
+        [
+            Chunk(reasoning_content="hm"),
+            *[Chunk(content="abcd" * 2) for _ in range(5)],  # ~2 tokens each
+            Chunk(finish_reason="stop"),
+        ]
+    )
+    result = await GuardedRuntime(inner, load_settings()).complete(req)
+    assert result.content == "abcd" * 4  # two chunks fit in 4 estimated tokens
+    assert result.finish_reason == "length"

@@ -432,3 +432,29 @@ def test_settings_policy() -> None:
     default = ToolSettings().policy()
     assert default.allow_write is False and default.confirm_write is True
     assert default.enabled is None
+
+
+def test_tools_without_their_backend_are_never_registered() -> None:
+    names = build_registry(ToolSettings()).names()
+    assert "web_search" not in names
+    assert not [n for n in names if n.startswith("home_assistant")]
+    # A Home Assistant URL without its token is not a configured backend either.
+    half = ToolSettings(home_assistant_url="http://127.0.0.1:9")
+    assert not [n for n in build_registry(half).names() if n.startswith("home_assistant")]
+
+
+def test_a_tool_is_usable_only_when_what_it_needs_is_present() -> None:
+    registry = build_registry(ToolSettings())
+    names = registry.names()
+    assert registry.usable(names, ["images", "redis"]) == names
+    plain = registry.usable(names, [])
+    assert "image_zoom" not in plain and not [n for n in plain if n.startswith("memory_")]
+    assert "calculator" in plain
+    assert "image_zoom" in registry.usable(names, ["images"])
+    assert registry.usable(["nope", "clock"], []) == ["clock"]
+
+
+def test_the_operator_setting_reaches_the_policy() -> None:
+    assert ToolSettings().policy().server_tools_with_client_tools is False
+    on = ToolSettings(server_tools_with_client_tools=True)
+    assert on.policy().server_tools_with_client_tools is True

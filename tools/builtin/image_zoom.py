@@ -64,7 +64,7 @@ def pixel_box(box: list[float], units: str, width: int, height: int) -> tuple[in
     return left, top, right, bottom
 
 
-@tool(name="image_zoom", timeout=30.0)
+@tool(name="image_zoom", timeout=30.0, needs=["images"])
 async def image_zoom(args: ImageZoomArgs, ctx: ToolContext) -> ToolResult:
     """Zoom into a region of an image from this conversation to see small details (text, faces,
     far objects). Returns the cropped region as a new image at full resolution."""

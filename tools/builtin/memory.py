@@ -71,7 +71,7 @@ def make_memory_tools(
 ) -> list[Tool]:
     """The three memory tools with their per-owner bounds."""
 
-    @tool(name="memory_recall", timeout=5.0)
+    @tool(name="memory_recall", timeout=5.0, needs=["redis"])
     async def memory_recall(args: RecallArgs, ctx: ToolContext) -> str:
         """List the notes you saved about this user in earlier conversations (optionally only
         those containing `query`)."""
@@ -87,7 +87,7 @@ def make_memory_tools(
         lines = [f"[{i}] {t}" for i, t in notes]
         return f"{len(notes)} note(s):\n" + "\n".join(lines)
 
-    @tool(name="memory_remember", side_effect="write", timeout=5.0)
+    @tool(name="memory_remember", side_effect="write", timeout=5.0, needs=["redis"])
     async def memory_remember(args: RememberArgs, ctx: ToolContext) -> str:
         """Save a short note about this user for later conversations (preferences, facts they
         asked you to remember)."""
@@ -104,7 +104,7 @@ def make_memory_tools(
             raise ToolError(f"the memory is full ({max_notes} notes); forget an old note first")
         return f"Saved as note {new_id}."
 
-    @tool(name="memory_forget", side_effect="write", timeout=5.0)
+    @tool(name="memory_forget", side_effect="write", timeout=5.0, needs=["redis"])
     async def memory_forget(args: ForgetArgs, ctx: ToolContext) -> str:
         """Delete one saved note by its id."""
         notes_key, _ = _keys(key_prefix, ctx.owner)
