@@ -15,7 +15,6 @@ import base64
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from openai import OpenAI
 from PIL import Image
 
 from tests.redis_server import free_port
+from tests.servers import stop_child
 
 REPO = Path(__file__).resolve().parents[1]
 READY_SECONDS = 90.0
@@ -91,13 +91,7 @@ def cascade_up(
             time.sleep(0.2)
         yield url, proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_child(proc)
         log.close()
 
 

@@ -88,10 +88,15 @@ def serve_in_subprocess(
             time.sleep(0.1)
         yield url, proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_child(proc)
+
+
+def stop_child(proc: subprocess.Popen[Any], timeout: float = 40) -> None:
+    """SIGTERM a child cascade process (it drains), SIGKILL it if it has not ended in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

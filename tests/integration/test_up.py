@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from tests.redis_server import free_port
+from tests.servers import stop_child
 from tests.sglang_sim.testing import running_simulator
 
 
@@ -72,13 +73,7 @@ def run_up(tmp_path: Path, runtime_url: str) -> Iterator[Up]:
         wait_for(up.base + "/healthz")
         yield up
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_child(proc)
 
 
 @pytest.fixture
