@@ -40,7 +40,6 @@ from app.agent.turn import TurnServices, assemble_turn
 from app.batches.config import BatchSettings
 from app.batches.lines import ResultRecord, failed_line, output_line
 from app.batches.queue import JobQueue, QueueItem
-from app.config import Settings
 from app.errors import (
     CascadeError,
     InternalError,
@@ -49,9 +48,7 @@ from app.errors import (
 )
 from app.jsonbody import JsonBodyError, parse_json
 from app.media.errors import FetchError, URLNotAllowedError
-from app.media.intake import ImageBudget
-from app.runtime.guard import Runtime
-from tools.registry import ToolPolicy, ToolRegistry
+from app.media.intake import ImageBudget, ImageIntake
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +95,7 @@ class SharedImages:
     photo asked several questions) wait for one fetch and decode instead of racing to do it
     each. Later items find the intake's own aliases (by URL and by content hash)."""
 
-    def __init__(self, media: Any) -> None:
+    def __init__(self, media: ImageIntake) -> None:
         self.media = media
         self.flights: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
 
@@ -151,35 +148,21 @@ class BatchWorker:
         redis: aioredis.Redis,
         *,
         name: str,
-        settings: Settings,
         config: BatchSettings,
-        runtime: Runtime,
-        media: Any | None,
-        registry: ToolRegistry | None,
-        policy: ToolPolicy,
+        turn: TurnServices,
         priority: int | None = None,
         inflight: int | None = None,
         queue: JobQueue | None = None,
     ) -> None:
         self.redis = redis
         self.name = name
-        self.settings = settings
         self.config = config
-        self.runtime = runtime
-        self.media = media
-        self.images = SharedImages(media) if media is not None else None
-        self.registry = registry
-        # The operator's tool policy (`Services.policy`, as the API's chat requests get it):
-        # an item runs under it even if it was queued under another one.
-        self.policy = policy
-        self.turn_services = TurnServices(
-            settings=settings,
-            runtime=runtime,
-            registry=registry,
-            policy=policy,
-            media=media,
-            redis=redis,
-        )
+        # The process's turn services (`Services.turn`): the same runtime, registry, media and
+        # operator tool policy the API's chat requests get, so an item runs under the policy
+        # in force now even if it was queued under another one.
+        self.turn_services = turn
+        self.runtime = turn.runtime
+        self.images = SharedImages(turn.media) if turn.media is not None else None
         self.priority = priority
         # Items kept in flight; `workers.tuning` may raise it once the runtime's slots are known.
         self.inflight = inflight or config.batch_inflight or 32

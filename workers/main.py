@@ -127,12 +127,8 @@ async def opened_worker(
     worker = BatchWorker(
         client,
         name=name,
-        settings=settings,
         config=config,
-        runtime=services.runtime,
-        media=services.media,
-        registry=services.registry,
-        policy=services.policy,
+        turn=services.turn,
         priority=config.batch_priority,
         inflight=inflight,
         queue=store,
