@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import redis
 from openai import OpenAI
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
@@ -21,7 +23,7 @@ from tests.integration.test_chat_api import WEATHER_CALL
 from tests.media_server import png_bytes
 from tests.redis_server import RedisServer, free_port
 from tests.servers import serve_in_thread
-from tests.sglang_sim.script import Rule
+from tests.sglang_sim.script import Fault, Rule
 from tests.sglang_sim.testing import SimHandle
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
@@ -262,14 +264,9 @@ def test_the_store_ttl_is_the_setting(cascade: Cascade, client: OpenAI, sim: Sim
     store = cascade.app.state.services.responses
     ttl_ms = store.settings.response_ttl_ms
     assert ttl_ms == 30 * 86_400_000
-
-    async def pttl() -> int:
-        value: int = await store._redis.pttl(store.key(created.id))
-        return value
-
-    import anyio
-
-    assert ttl_ms - 60_000 < anyio.run(pttl) <= ttl_ms
+    assert cascade.settings.redis_url is not None
+    with redis.Redis.from_url(cascade.settings.redis_url) as sync:
+        assert ttl_ms - 60_000 < sync.pttl(store.key(created.id)) <= ttl_ms
 
 
 # ----------------------------------------------------------------------------- 3: streaming
@@ -446,3 +443,39 @@ def test_a_function_call_output_answering_no_call_is_a_400(client: OpenAI, sim: 
             input=[{"type": "function_call_output", "call_id": "call_x", "output": "?"}],
         )
     assert raised.value.body["param"] == "input[0].tool_call_id"  # type: ignore[index]
+
+
+def test_a_client_that_leaves_mid_stream_aborts_the_runtime_request(
+    cascade: Cascade, sim: SimHandle
+) -> None:
+    sim.sim.add_rule(Rule(match="long", output="word " * 400, tpot=0.01))
+    body = {"model": "m", "input": "a long answer please", "stream": True}
+    with httpx.stream("POST", cascade.url + "/v1/responses", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        seen = 0
+        for line in response.iter_lines():
+            seen += line.startswith("data: ") and "output_text.delta" in line
+            if seen >= 5:
+                break  # leaves the with-block: the connection closes mid-stream
+    rid = sim.sim.requests[-1].rid
+    deadline = time.monotonic() + 5
+    while rid not in sim.sim.aborted_rids:
+        assert time.monotonic() < deadline, "the runtime request was not aborted"
+        time.sleep(0.05)
+
+
+def test_a_runtime_failure_after_output_is_a_response_failed_event(
+    cascade: Cascade, sim: SimHandle
+) -> None:
+    sim.sim.add_rule(
+        Rule(match="cut", output="word " * 50, fault=Fault(kind="cut_stream", after_chunks=3))
+    )
+    response = post(cascade, {"model": "m", "input": "cut me", "stream": True})
+    assert response.status_code == 200
+    events = sse_events(response.text)
+    for event in events:
+        EVENTS.validate_python(event)
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["status"] == "failed"
+    assert "Traceback" not in response.text
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
