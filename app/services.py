@@ -26,6 +26,7 @@ from app.runtime import SGLangClient, build_runtime
 from app.runtime.guard import GuardedRuntime
 from app.sessions.config import SessionSettings
 from app.sessions.idempotency import IdempotencyStore
+from app.sessions.responses_store import ResponseStore
 from app.sessions.store import SessionStore
 from tools import build_registry, load_tool_settings
 from tools.registry import ToolPolicy, ToolRegistry
@@ -44,6 +45,7 @@ class Services:
     batch_store: BatchStore | None
     sessions: SessionStore | None
     idempotency: IdempotencyStore | None
+    responses: ResponseStore | None
     media: ImageIntake | None
     files: FileStore | None
     media_settings: MediaSettings
@@ -113,6 +115,7 @@ async def open_services(
         ),
         sessions=SessionStore(redis, session_settings) if redis is not None else None,
         idempotency=IdempotencyStore(redis, session_settings) if redis is not None else None,
+        responses=ResponseStore(redis, session_settings) if redis is not None else None,
         media=media,
         files=files,
         media_settings=media_settings,

@@ -28,6 +28,7 @@ from app.api.files_api import router as files_router
 from app.api.http_guard import RequestGuardMiddleware
 from app.api.middleware import RequestIdMiddleware
 from app.api.responses import JSONResponse
+from app.api.responses_api import router as responses_router
 from app.api.sessions_api import router as sessions_router
 from app.api.tools_api import router as tools_router
 from app.batches.config import BatchSettings
@@ -126,6 +127,7 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(chat_router)
+    app.include_router(responses_router)
     app.include_router(sessions_router)
     app.include_router(files_router)
     app.include_router(tools_router)

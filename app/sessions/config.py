@@ -17,6 +17,9 @@ class SessionSettings(CascadeSettings):
     session_ttl_days: int = Field(
         default=30, ge=1, description="Days a session lives after it was last read or written."
     )
+    response_ttl_days: int = Field(
+        default=30, ge=1, description="Days a stored response of the Responses API is kept."
+    )
     turn_lock_wait: float = Field(
         default=2.0,
         ge=0,
@@ -53,6 +56,10 @@ class SessionSettings(CascadeSettings):
     @property
     def session_ttl_ms(self) -> int:
         return self.session_ttl_days * 86_400_000
+
+    @property
+    def response_ttl_ms(self) -> int:
+        return self.response_ttl_days * 86_400_000
 
     @property
     def idempotency_ttl_ms(self) -> int:

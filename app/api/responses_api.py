@@ -1,0 +1,282 @@
+"""`/v1/responses`: the Responses API as a door on the turn engine.
+
+`POST /v1/responses` translates its request to a `ChatRequest` (`app.agent.responses_protocol`)
+and runs it through `assemble_turn`, like the chat door. With `previous_response_id` the chain's
+stored history is the run's history (one read); `instructions` apply to this response only.
+With `store` (the default) the response, its input items and the chain's history so far are
+kept for `response_ttl_days`; `store: false` keeps nothing. Stored responses are the caller's
+only: another key's id answers 404, like an unknown one.
+
+Streaming (`stream: true`) sends the Responses event sequence; the HTTP response starts only
+with the run's first event (a runtime that is down is a 503), and a client that disconnects
+aborts the runtime request; nothing is stored for a response that did not finish.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any, Literal
+
+import anyio
+import structlog
+from fastapi import APIRouter, Query, Request
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+
+from app.agent.loop import AgentRun
+from app.agent.models import (
+    ClientToolCallDelta,
+    ContentDelta,
+    ReasoningDelta,
+    RunDone,
+    RunResult,
+    ToolProgress,
+)
+from app.agent.responses_protocol import (
+    ChatTranslation,
+    ResponseEventWriter,
+    ResponsesRequest,
+    new_id,
+    parse_responses_request,
+    response_body,
+    response_shell,
+    to_chat_request,
+)
+from app.agent.turn import AssembledTurn, assemble_turn
+from app.api.deps import Owner, ServicesDep
+from app.api.responses import JSONResponse, list_page
+from app.errors import CascadeError, InvalidRequestError, NotFoundError
+from app.jsonbody import JsonBodyError, parse_json
+from app.services import Services
+from app.sessions.responses_store import ResponseStore, StoredResponse
+
+log = structlog.get_logger(__name__)
+router = APIRouter()
+
+
+def _store(services: Services) -> ResponseStore:
+    if services.responses is None:
+        raise NotFoundError("responses are not stored on this server (no Redis)")
+    return services.responses
+
+
+class _Turn:
+    """One response being made: its request, translation, run and where it is stored."""
+
+    def __init__(
+        self,
+        services: Services,
+        req: ResponsesRequest,
+        owner: str,
+        translation: ChatTranslation,
+        previous: list[dict[str, Any]],
+        model: str,
+    ) -> None:
+        self.services = services
+        self.req = req
+        self.owner = owner
+        self.translation = translation
+        self.previous = previous  # the chain's stored history (without instructions)
+        self.shell = response_shell(
+            req, response_id=new_id("resp"), model=model, created_at=int(time.time())
+        )
+        if services.responses is None:
+            self.shell["store"] = False
+
+    async def assemble(self, *, stream: bool) -> tuple[AssembledTurn, int]:
+        assembled = await assemble_turn(
+            self.services.turn,
+            self.translation.request,
+            owner=self.owner,
+            stream=stream,
+            history=self.translation.history,
+        )
+        # The run's messages start with this turn's input (normalised, images stored).
+        return assembled, len(assembled.run.produced)
+
+    async def save(self, result: RunResult, body: dict[str, Any]) -> None:
+        if not self.shell["store"] or self.services.responses is None:
+            return
+        await self.services.responses.put(
+            self.owner,
+            StoredResponse(
+                body=body,
+                input_items=self.translation.input_items,
+                history=[*self.previous, *result.new_messages],
+            ),
+        )
+
+
+async def _open(services: Services, request: Request, owner: str) -> _Turn:
+    raw = await request.body()
+    try:
+        data = parse_json(raw)
+    except JsonBodyError as exc:
+        raise InvalidRequestError(f"request body: {exc}") from None
+    req = parse_responses_request(data)
+    previous: list[dict[str, Any]] = []
+    if req.previous_response_id is not None:
+        try:
+            stored = await _store(services).get(owner, req.previous_response_id)
+        except NotFoundError:
+            raise NotFoundError(
+                f"no response {req.previous_response_id!r}",
+                code="previous_response_not_found",
+                param="previous_response_id",
+            ) from None
+        previous = stored.history
+    registry, policy = services.registry, services.policy
+    available = [n for n in registry.names() if policy.is_enabled(n)]
+    translation = to_chat_request(req, stored_history=previous, available_server_tools=available)
+    model = req.model or await services.runtime.model_name()
+    return _Turn(services, req, owner, translation, previous, model)
+
+
+@router.post("/v1/responses")
+async def create_response(request: Request, services: ServicesDep, owner: Owner) -> Response:
+    turn = await _open(services, request, owner)
+    if turn.req.stream:
+        return await _streamed(turn)
+    assembled, inputs = await turn.assemble(stream=False)
+    result = await assembled.run.run()
+    body = response_body(turn.shell, result, result.new_messages[inputs:])
+    await turn.save(result, body)
+    return JSONResponse(body)
+
+
+async def _streamed(turn: _Turn) -> Response:
+    """Take the stream's first item before answering: whatever fails before the run's first
+    event (400, 503, ...) is an HTTP error."""
+    events = _stream(turn)
+    try:
+        first = await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+
+    async def body() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in events:
+            yield chunk
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        # On a disconnect the response ends early; this closes the generator, which aborts.
+        background=BackgroundTask(events.aclose),
+    )
+
+
+def _call_arguments(run: AgentRun, call_id: str) -> str:
+    for message in reversed(run.produced):
+        for call in message.get("tool_calls") or []:
+            if call.get("id") == call_id:
+                arguments: str = call["function"]["arguments"]
+                return arguments
+    return ""
+
+
+def _call_output(run: AgentRun, call_id: str) -> str | None:
+    for message in reversed(run.produced):
+        if message.get("role") == "tool" and message.get("tool_call_id") == call_id:
+            content = message.get("content")
+            return content if isinstance(content, str) else None
+    return None
+
+
+async def _stream(turn: _Turn) -> AsyncGenerator[bytes, None]:
+    """The one owner of a streamed response: its run, its events and its end."""
+    assembled, _ = await turn.assemble(stream=True)
+    run = assembled.run
+    writer = ResponseEventWriter(turn.shell)
+    result: RunResult | None = None
+    started = False
+    try:
+        async with aclosing(run.events()) as events:
+            async for event in events:
+                out: list[bytes] = []
+                if not started:
+                    started = True
+                    out += writer.start()
+                if isinstance(event, ContentDelta):
+                    out += writer.content(event.text)
+                elif isinstance(event, ReasoningDelta):
+                    out += writer.reasoning(event.text)
+                elif isinstance(event, ClientToolCallDelta):
+                    out += writer.tool_call(event.index, event.id, event.name, event.arguments)
+                elif isinstance(event, ToolProgress):
+                    if event.status == "started":
+                        arguments = _call_arguments(run, event.call_id)
+                        out += writer.tool_started(event.call_id, event.name, arguments)
+                    else:
+                        output = _call_output(run, event.call_id)
+                        out += writer.tool_finished(
+                            event.call_id, output, failed=event.status == "failed"
+                        )
+                elif isinstance(event, RunDone):
+                    result = event.result
+                for chunk in out:
+                    yield chunk
+        assert result is not None
+        body, last = writer.finish(result)
+        await turn.save(result, body)
+    except CascadeError as exc:
+        if not started:
+            raise  # nothing was sent: a plain HTTP error
+        log.warning("responses_stream_failed", code=exc.code, status=exc.status)
+        for chunk in writer.failed(exc.message):
+            yield chunk
+        return
+    except BaseException:
+        # The client went away (closed or cancelled): abort the runtime request.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            await _abort(turn.services, run)
+        raise
+    for chunk in last:
+        yield chunk
+
+
+async def _abort(services: Services, run: AgentRun) -> None:
+    rid = run.current_rid
+    if rid is None:
+        return
+    try:
+        await services.runtime.abort(rid)
+    except Exception as exc:  # the runtime may be gone already
+        log.warning("abort_failed", exc_type=type(exc).__name__)
+    log.info("responses_stream_interrupted", rid=rid)
+
+
+@router.get("/v1/responses/{response_id}")
+async def get_response(response_id: str, services: ServicesDep, owner: Owner) -> JSONResponse:
+    stored = await _store(services).get(owner, response_id)
+    return JSONResponse(stored.body)
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, services: ServicesDep, owner: Owner) -> JSONResponse:
+    await _store(services).delete(owner, response_id)
+    return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(
+    response_id: str,
+    services: ServicesDep,
+    owner: Owner,
+    limit: int = Query(default=20, ge=1, le=100),
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> JSONResponse:
+    """The response's input items (OpenAI's list shape), newest first unless `order=asc`."""
+    stored = await _store(services).get(owner, response_id)
+    items = stored.input_items if order == "asc" else stored.input_items[::-1]
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise InvalidRequestError(f"no input item {after!r} in this response", param="after")
+        items = items[ids.index(after) + 1 :]
+    return JSONResponse(list_page(items[:limit], has_more=len(items) > limit))
