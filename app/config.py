@@ -115,6 +115,10 @@ class Settings(CascadeSettings):
         default=False,
         description="Allow auth off on a non-loopback bind (every caller is the local owner).",
     )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Server secret sealing data clients hand back (encrypted reasoning).",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated browser origins allowed to call the API; unset = none.",

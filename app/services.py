@@ -24,6 +24,7 @@ from app.media.files import FileStore
 from app.media.intake import ImageIntake
 from app.runtime import SGLangClient, build_runtime
 from app.runtime.guard import GuardedRuntime
+from app.sealed import SealedBox, derive_key
 from app.sessions.config import SessionSettings
 from app.sessions.idempotency import IdempotencyStore
 from app.sessions.responses_store import ResponseStore
@@ -43,6 +44,7 @@ class Services:
     turn: TurnServices
     batch_settings: BatchSettings
     batch_store: BatchStore | None
+    sealer: SealedBox | None
     sessions: SessionStore | None
     idempotency: IdempotencyStore | None
     responses: ResponseStore | None
@@ -110,6 +112,11 @@ async def open_services(
             redis=redis,
         ),
         batch_settings=batch_settings,
+        sealer=(
+            SealedBox(derive_key(settings.secret_key.get_secret_value()))
+            if settings.secret_key is not None
+            else None
+        ),
         batch_store=(
             batch_store_type(redis, prefix=batch_settings.key_prefix) if redis is not None else None
         ),

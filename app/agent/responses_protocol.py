@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -62,6 +62,7 @@ class ResponsesRequest(BaseModel):
     store: bool = True
     stream: bool = False
     user: str | None = None
+    include: list[str] | None = None
     # --- cascade extensions ---
     thinking: bool | None = None
     thinking_budget: int | None = Field(default=None, ge=1)
@@ -207,7 +208,9 @@ def _call_item(
         )
 
 
-def translate_input(input_: str | list[dict[str, Any]]) -> _Translation:
+def translate_input(
+    input_: str | list[dict[str, Any]], *, unseal: Unseal | None = None
+) -> _Translation:
     """`input` → chat messages, and the input items as `input_items` lists them (with ids)."""
     out = _Translation()
     if isinstance(input_, str):
@@ -244,8 +247,19 @@ def translate_input(input_: str | list[dict[str, Any]]) -> _Translation:
             output = _text_of(item.get("output"), f"{at}.output")
             out.add({"role": "tool", "tool_call_id": call_id, "content": output}, i)
         elif kind == "reasoning":
-            content = item.get("content") or item.get("summary") or []
-            pending.append(_text_of(content, f"{at}.content"))
+            sealed = item.get("encrypted_content")
+            if sealed is not None:
+                # Only what this server sealed counts; any plain text beside it is ignored.
+                if unseal is None:
+                    raise _bad(
+                        "encrypted_content cannot be read here: the server has no "
+                        "CASCADE_SECRET_KEY",
+                        f"{at}.encrypted_content",
+                    )
+                pending.append(unseal(sealed, f"{at}.encrypted_content"))
+            else:
+                content = item.get("content") or item.get("summary") or []
+                pending.append(_text_of(content, f"{at}.content"))
         else:
             raise _bad(
                 f"{at}.type must be message, function_call, function_call_output, reasoning "
@@ -340,10 +354,11 @@ def to_chat_request(
     *,
     stored_history: Sequence[dict[str, Any]],
     available_server_tools: Sequence[str],
+    unseal: Unseal | None = None,
 ) -> ChatTranslation:
     """The `ChatRequest` of one response, over the chain's `stored_history` (empty without
     `previous_response_id`). `instructions` lead the run's history and are never stored."""
-    translation = translate_input(req.input)
+    translation = translate_input(req.input, unseal=unseal)
     client_tools, server_tools = _chat_tools(req.tools or [], available_server_tools)
     if req.server_tools is not None:
         server_tools = [*server_tools, *(n for n in req.server_tools if n not in server_tools)]
@@ -403,14 +418,28 @@ def usage_body(result: RunResult) -> dict[str, Any]:
     }
 
 
-def reasoning_item(text: str, *, item_id: str | None = None, done: bool = True) -> dict[str, Any]:
-    return {
+Seal = Callable[[str], str]
+"""Seals a reasoning text into an `encrypted_content` blob (see `app.sealed`)."""
+
+Unseal = Callable[[str, str], str]
+"""Opens an `encrypted_content` blob (the blob, the field it came in) back into its text."""
+
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
+
+
+def reasoning_item(
+    text: str, *, item_id: str | None = None, done: bool = True, seal: Seal | None = None
+) -> dict[str, Any]:
+    item: dict[str, Any] = {
         "id": item_id or new_id("rs"),
         "type": "reasoning",
         "summary": [],
         "content": [{"type": "reasoning_text", "text": text}] if done else [],
         "status": "completed" if done else "in_progress",
     }
+    if done and seal is not None:
+        item["encrypted_content"] = seal(text)
+    return item
 
 
 def message_item(
@@ -466,7 +495,7 @@ def mcp_call_item(
 
 
 def output_items(
-    produced: Sequence[dict[str, Any]], client_call_ids: set[str]
+    produced: Sequence[dict[str, Any]], client_call_ids: set[str], *, seal: Seal | None = None
 ) -> list[dict[str, Any]]:
     """The output items of a run's produced messages (assistant turns and tool results; the
     loop's own user messages are not output)."""
@@ -476,7 +505,7 @@ def output_items(
         if message.get("role") != "assistant":
             continue
         if message.get("reasoning_content"):
-            items.append(reasoning_item(message["reasoning_content"]))
+            items.append(reasoning_item(message["reasoning_content"], seal=seal))
         truncated = bool((message.get("meta") or {}).get("truncated"))
         if message.get("content"):
             status: Literal["completed", "incomplete"] = "incomplete" if truncated else "completed"
@@ -578,11 +607,16 @@ def finish_response(
 
 
 def response_body(
-    shell: dict[str, Any], result: RunResult, produced: Sequence[dict[str, Any]]
+    shell: dict[str, Any],
+    result: RunResult,
+    produced: Sequence[dict[str, Any]],
+    *,
+    seal: Seal | None = None,
 ) -> dict[str, Any]:
-    """The finished `Response` of a run whose new (non-input) messages are `produced`."""
+    """The finished `Response` of a run whose new (non-input) messages are `produced`;
+    with `seal`, reasoning items carry their text sealed as `encrypted_content`."""
     client_ids = {c.id for c in result.client_tool_calls}
-    return finish_response(shell, result, output_items(produced, client_ids))
+    return finish_response(shell, result, output_items(produced, client_ids, seal=seal))
 
 
 def serialise(event: dict[str, Any]) -> bytes:
@@ -610,8 +644,9 @@ class ResponseEventWriter:
     the response's last event. `sequence_number` grows by one per event.
     """
 
-    def __init__(self, shell: dict[str, Any]) -> None:
+    def __init__(self, shell: dict[str, Any], *, seal: Seal | None = None) -> None:
         self.shell = shell
+        self.seal = seal
         self.output: list[dict[str, Any]] = []
         self._seq = 0
         self._text: _Open | None = None
@@ -643,7 +678,7 @@ class ResponseEventWriter:
         text = "".join(opened.text)
         at = {"item_id": opened.item["id"], "output_index": opened.index, "content_index": 0}
         if opened.item["type"] == "reasoning":
-            done = reasoning_item(text, item_id=opened.item["id"])
+            done = reasoning_item(text, item_id=opened.item["id"], seal=self.seal)
             part = done["content"][0]
             first = self._event("response.reasoning_text.done", text=text, **at)
         else:

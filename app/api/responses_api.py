@@ -35,9 +35,12 @@ from app.agent.models import (
     ToolProgress,
 )
 from app.agent.responses_protocol import (
+    ENCRYPTED_REASONING,
     ChatTranslation,
     ResponseEventWriter,
     ResponsesRequest,
+    Seal,
+    Unseal,
     new_id,
     parse_responses_request,
     response_body,
@@ -73,8 +76,10 @@ class _Turn:
         translation: ChatTranslation,
         previous: list[dict[str, Any]],
         model: str,
+        seal: Seal | None,
     ) -> None:
         self.services = services
+        self.seal = seal  # set when the client asked for reasoning.encrypted_content
         self.req = req
         self.owner = owner
         self.translation = translation
@@ -129,9 +134,40 @@ async def _open(services: Services, request: Request, owner: str) -> _Turn:
         previous = stored.history
     registry, policy = services.registry, services.policy
     available = [n for n in registry.names() if policy.is_enabled(n)]
-    translation = to_chat_request(req, stored_history=previous, available_server_tools=available)
+    seal, unseal = _sealing(services, req, owner)
+    translation = to_chat_request(
+        req, stored_history=previous, available_server_tools=available, unseal=unseal
+    )
     model = req.model or await services.runtime.model_name()
-    return _Turn(services, req, owner, translation, previous, model)
+    return _Turn(services, req, owner, translation, previous, model, seal)
+
+
+def _sealing(
+    services: Services, req: ResponsesRequest, owner: str
+) -> tuple[Seal | None, Unseal | None]:
+    """Reasoning sealed for the owner (when asked for with `include`), and the opener of the
+    blobs a stateless client hands back. Both need `CASCADE_SECRET_KEY`."""
+    box = services.sealer
+    wanted = ENCRYPTED_REASONING in (req.include or [])
+    if wanted and box is None:
+        raise InvalidRequestError(
+            "reasoning.encrypted_content needs a server key: the operator sets CASCADE_SECRET_KEY",
+            param="include",
+        )
+    if box is None:
+        return None, None
+
+    def seal(text: str) -> str:
+        return box.seal({"text": text}, owner=owner, purpose="reasoning")
+
+    def unseal(blob: str, param: str) -> str:
+        opened = box.open(blob, owner=owner, purpose="reasoning", param=param)
+        text = opened.get("text") if isinstance(opened, dict) else None
+        if not isinstance(text, str):
+            raise InvalidRequestError("encrypted_content holds no reasoning", param=param)
+        return text
+
+    return (seal if wanted else None), unseal
 
 
 @router.post("/v1/responses")
@@ -141,7 +177,7 @@ async def create_response(request: Request, services: ServicesDep, owner: Owner)
         return await _streamed(turn)
     assembled, inputs = await turn.assemble(stream=False)
     result = await assembled.run.run()
-    body = response_body(turn.shell, result, result.new_messages[inputs:])
+    body = response_body(turn.shell, result, result.new_messages[inputs:], seal=turn.seal)
     await turn.save(result, body)
     return JSONResponse(body)
 
@@ -191,7 +227,7 @@ async def _stream(turn: _Turn) -> AsyncGenerator[bytes, None]:
     """The one owner of a streamed response: its run, its events and its end."""
     assembled, _ = await turn.assemble(stream=True)
     run = assembled.run
-    writer = ResponseEventWriter(turn.shell)
+    writer = ResponseEventWriter(turn.shell, seal=turn.seal)
     result: RunResult | None = None
     started = False
     try:
