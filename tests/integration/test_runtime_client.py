@@ -209,7 +209,11 @@ async def test_budget_ignored_by_the_runtime_is_cut_by_the_guard(
     sim: SimHandle, budget: int
 ) -> None:
     sim.sim.config.ignore_thinking_budget = True
-    sim.sim.add_rule(Rule(continuation=False, output=LONG_REASONING + "</think>\n\nToo late."))
+    # Paced, so the runaway is still generating when the guard cuts it (unpaced, a loaded
+    # machine may let the simulator finish it first, and then there is nothing to abort).
+    sim.sim.add_rule(
+        Rule(continuation=False, output=LONG_REASONING + "</think>\n\nToo late.", tpot=0.005)
+    )
     sim.sim.add_rule(Rule(continuation=True, output="Answer after the cut."))
     settings = settings_for(sim)
     client = SGLangClient(settings)
