@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -53,8 +54,11 @@ end
 return 0
 """
 
-# Seconds between attempts while waiting for a held lock.
+# Seconds between attempts while waiting for a held lock: the first pause, and the longest one
+# it grows to. Growing (with jitter) keeps fifty waiters on one session from turning into
+# thousands of Redis round trips a second that starve the event loop.
 _POLL = 0.025
+_POLL_MAX = 0.2
 
 # Background releases: first and longest pause between attempts, and how long they keep trying
 # beyond the lease (a frozen Redis that thaws later may still run a late acquire).
@@ -112,6 +116,7 @@ class RedisLock:
         self._token = secrets.token_hex(16)
         self._held = False
         deadline = self._clock() + self._wait
+        pause = _POLL
         while True:
             try:
                 taken = await self._acquire_script(
@@ -127,7 +132,8 @@ class RedisLock:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise ConflictError(self._message, code=self._code)
-            await asyncio.sleep(min(_POLL, remaining))
+            await asyncio.sleep(min(pause * random.uniform(0.8, 1.2), remaining))
+            pause = min(pause * 1.5, _POLL_MAX)
         self.lost = False
         self._renewer = asyncio.create_task(self._renew_forever(), name=f"renew {self._key}")
 
