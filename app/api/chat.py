@@ -13,7 +13,7 @@ is stored with what was produced so far, the cut message marked interrupted (nev
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -21,8 +21,7 @@ import anyio
 import structlog
 from fastapi import APIRouter, Request
 from redis.exceptions import RedisError
-from starlette.background import BackgroundTask
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from app.agent.loop import AgentRun
 from app.agent.models import (
@@ -44,6 +43,7 @@ from app.agent.protocol import (
 from app.agent.turn import assemble_turn
 from app.api.deps import Owner, ServicesDep
 from app.api.responses import JSONResponse
+from app.api.streaming import event_stream, first_event
 from app.errors import (
     CascadeError,
     InvalidRequestError,
@@ -168,30 +168,11 @@ async def _streamed(
     that fails while the turn is opened and assembled, or before the runtime's first event
     (404, 409, 400, 503), is an HTTP error."""
     events = _stream(services, req, raw, owner, key)
-    try:
-        first = await anext(events)
-    except BaseException:
-        await events.aclose()
-        raise
+    first = await first_event(events)
     if isinstance(first, _Replay):
         await events.aclose()
         return JSONResponse(first.body, headers={"idempotent-replayed": "true"})
-
-    async def body() -> AsyncIterator[bytes]:
-        assert isinstance(first, bytes)
-        yield first
-        async for chunk in events:
-            assert isinstance(chunk, bytes)
-            yield chunk
-
-    return StreamingResponse(
-        body(),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-        # Closing the stream's generator is what stores a cut turn; on a disconnect the
-        # response ends early and this makes sure it is closed, not left to the collector.
-        background=BackgroundTask(events.aclose),
-    )
+    return event_stream(first, events)  # a replay can only come first
 
 
 async def _stream(

@@ -15,15 +15,14 @@ aborts the runtime request; nothing is stored for a response that did not finish
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any, Literal
 
 import anyio
 import structlog
 from fastapi import APIRouter, Query, Request
-from starlette.background import BackgroundTask
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from app.agent.loop import AgentRun
 from app.agent.models import (
@@ -50,6 +49,7 @@ from app.agent.responses_protocol import (
 from app.agent.turn import AssembledTurn, assemble_turn
 from app.api.deps import Owner, ServicesDep
 from app.api.responses import JSONResponse, list_page
+from app.api.streaming import event_stream, first_event
 from app.errors import CascadeError, InvalidRequestError, NotFoundError
 from app.jsonbody import JsonBodyError, parse_json
 from app.services import Services
@@ -186,24 +186,7 @@ async def _streamed(turn: _Turn) -> Response:
     """Take the stream's first item before answering: whatever fails before the run's first
     event (400, 503, ...) is an HTTP error."""
     events = _stream(turn)
-    try:
-        first = await anext(events)
-    except BaseException:
-        await events.aclose()
-        raise
-
-    async def body() -> AsyncIterator[bytes]:
-        yield first
-        async for chunk in events:
-            yield chunk
-
-    return StreamingResponse(
-        body(),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-        # On a disconnect the response ends early; this closes the generator, which aborts.
-        background=BackgroundTask(events.aclose),
-    )
+    return event_stream(await first_event(events), events)
 
 
 def _call_arguments(run: AgentRun, call_id: str) -> str:

@@ -1,0 +1,46 @@
+"""Server-sent event responses that begin only once their first event exists.
+
+A door takes its stream's first item with `first_event` while it can still answer with a plain
+HTTP error (a runtime that is down is a 503, not a 200 with an error inside), then hands both
+to `event_stream`. Contract: whatever path ends the response (done, failed, client gone), the
+stream's generator is closed, which is what aborts the runtime request and stores a cut turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TypeVar
+
+from starlette.background import BackgroundTask
+from starlette.responses import StreamingResponse
+
+T = TypeVar("T")
+
+
+async def first_event(events: AsyncGenerator[T, None]) -> T:
+    """The stream's first item; on any failure the stream is closed and the error raised."""
+    try:
+        return await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+
+
+def event_stream(first: object, events: AsyncGenerator[object, None]) -> StreamingResponse:
+    """`first`, then the rest of `events` (every item SSE bytes), as `text/event-stream`."""
+
+    async def body() -> AsyncIterator[bytes]:
+        assert isinstance(first, bytes)
+        yield first
+        async for chunk in events:
+            assert isinstance(chunk, bytes)
+            yield chunk
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        # On a disconnect the response ends early; this makes sure the generator is closed,
+        # not left to the garbage collector.
+        background=BackgroundTask(events.aclose),
+    )
