@@ -6,7 +6,7 @@ import importlib
 import subprocess
 import sys
 
-BENCHMARKS = ["tests.bench.overhead", "tests.bench.batch"]
+BENCHMARKS = ["tests.bench.overhead", "tests.bench.doors", "tests.bench.batch"]
 
 
 def main() -> int:
