@@ -48,7 +48,6 @@ def test_healthchecks_volumes_and_gpu(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert "/health" in " ".join(services["sglang"]["healthcheck"]["test"])
     assert "ping" in services["redis"]["healthcheck"]["test"]
-    assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert redis_cmd[redis_cmd.index("--appendfsync") + 1] == "everysec"
