@@ -164,12 +164,13 @@ _UNION_TAGS = frozenset({"bool", "str", "int", "float"})
 def _field_path(loc: Sequence[int | str]) -> str:
     """A validation error's location as a field path, without the type names pydantic adds
     for the members of a union (`think.bool`, `format.dict[str,any]`)."""
-    parts = [
-        str(p)
-        for p in loc
-        if isinstance(p, int) or (p not in _UNION_TAGS and "[" not in p and "(" not in p)
-    ]
-    return ".".join(parts).replace(".[", "[")
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part not in _UNION_TAGS and "[" not in part and "(" not in part:
+            path += f".{part}" if path else part
+    return path
 
 
 def _validated(model: type[_R], data: Any) -> _R:

@@ -19,7 +19,7 @@ from tests.integration.conftest import Cascade, cascade_settings
 from tests.media_server import png_bytes
 from tests.redis_server import RedisServer, free_port
 from tests.servers import serve_in_thread
-from tests.sglang_sim.script import Rule, SimConfig
+from tests.sglang_sim.script import Fault, Rule, SimConfig
 from tests.sglang_sim.testing import SimHandle
 
 SERVED = SimConfig().model_name
@@ -333,6 +333,21 @@ def test_a_client_that_leaves_mid_stream_aborts_the_runtime_request(
     while rid not in sim.sim.aborted_rids:
         assert time.monotonic() < deadline, "the runtime request was not aborted"
         time.sleep(0.05)
+
+
+def test_a_runtime_failure_after_output_is_a_last_error_line(
+    cascade: Cascade, api: ollama.Client, sim: SimHandle
+) -> None:
+    cut = Fault(kind="cut_stream", after_chunks=3, times=2)
+    sim.sim.add_rule(Rule(match="cut", output="word " * 50, fault=cut))
+    body = {"model": SERVED, "messages": [{"role": "user", "content": "cut me"}]}
+    response = httpx.post(cascade.url + "/api/chat", json=body, timeout=30)
+    assert response.status_code == 200  # the stream had started
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert lines[0]["message"]["content"] and lines[0]["done"] is False
+    assert list(lines[-1]) == ["error"] and "Traceback" not in response.text
+    with pytest.raises(ollama.ResponseError):
+        list(api.chat(model=SERVED, messages=body["messages"], stream=True))
 
 
 # ----------------------------------------------------------------------------- generate
