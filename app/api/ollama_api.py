@@ -14,7 +14,9 @@ client tools, because an Ollama client cannot show a server tool step and a voic
 should not wait for one it did not ask for.
 
 The served model is the runtime's (`GET /api/tags`, `POST /api/show`, `GET /api/ps`); a request
-may name it with or without `:latest`, or not at all; any other name is a 404. `POST /api/pull`
+may name it with or without `:latest` (chat and generate may also leave it out); any other name
+is a 404. `/api/show` lists `vision` among the capabilities only when images can be taken in
+(the intake needs Redis). `POST /api/pull`
 of the served model succeeds at once (nothing to download); of another model it is a 404.
 Errors are Ollama-shaped (`{"error": "message"}`, see `app.api.errors`); authentication is the
 same Bearer API key as the rest of the API.
