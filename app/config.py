@@ -99,6 +99,13 @@ class Settings(CascadeSettings):
         description="System prompt added when a conversation has none (stable text only).",
     )
 
+    # --- the Ollama API (/api/*) ---
+    ollama_server_tools: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Server tools the Ollama API offers (comma-separated, * = all enabled); "
+        "unset = none, so an Ollama client gets only the tools it declares.",
+    )
+
     # --- storage and service ---
     redis_url: str | None = Field(
         default=None,
@@ -129,6 +136,11 @@ class Settings(CascadeSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
+        return split_csv(value)
+
+    @field_validator("ollama_server_tools", mode="before")
+    @classmethod
+    def _split_ollama_tools(cls, value: object) -> object:
         return split_csv(value)
 
     @field_validator("cors_origins", mode="before")

@@ -27,6 +27,7 @@ from app.api.errors import install_error_handlers
 from app.api.files_api import router as files_router
 from app.api.http_guard import RequestGuardMiddleware
 from app.api.middleware import RequestIdMiddleware
+from app.api.ollama_api import router as ollama_router
 from app.api.responses import JSONResponse
 from app.api.responses_api import router as responses_router
 from app.api.sessions_api import router as sessions_router
@@ -132,6 +133,7 @@ def create_app(
     app.include_router(files_router)
     app.include_router(tools_router)
     app.include_router(batches_router)
+    app.include_router(ollama_router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""The one place where errors become HTTP responses (OpenAI-shaped JSON).
+"""The one place where errors become HTTP responses: OpenAI-shaped JSON, except under the
+Ollama API (`/api/*`), where the body is Ollama's `{"error": "message"}` with the same status.
 
 Unknown exceptions are logged with their traceback and answered with a generic 500: their text
 never reaches the client.
@@ -23,8 +24,13 @@ from app.errors import (
 log = structlog.get_logger(__name__)
 
 
-def error_response(error: CascadeError) -> JSONResponse:
-    return JSONResponse(error.to_body(), status_code=error.status, headers=error.headers)
+OLLAMA_PREFIX = "/api/"
+
+
+def error_response(error: CascadeError, *, path: str = "") -> JSONResponse:
+    """The response for `error` on a request to `path` (Ollama's shape under `/api/`)."""
+    body = {"error": error.message} if path.startswith(OLLAMA_PREFIX) else error.to_body()
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -41,38 +47,42 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CascadeError)
-    async def _cascade(_: Request, exc: CascadeError) -> JSONResponse:
+    async def _cascade(request: Request, exc: CascadeError) -> JSONResponse:
         if exc.status >= 500:
             log.warning("request_failed", status=exc.status, code=exc.code)
-        return error_response(exc)
+        return error_response(exc, path=request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return error_response(InvalidRequestError(message, param=param))
+        return error_response(InvalidRequestError(message, param=param), path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = CascadeError(
             "not found" if exc.status_code == 404 else "request not allowed",
             code="not_found" if exc.status_code == 404 else "http_error",
         )
         error.status = exc.status_code
         error.type = "invalid_request_error"
-        return error_response(error)
+        return error_response(error, path=request.url.path)
 
     @app.exception_handler(RedisError)
-    async def _storage(_: Request, exc: RedisError) -> JSONResponse:
+    async def _storage(request: Request, exc: RedisError) -> JSONResponse:
         log.warning("redis_unavailable", exc_type=type(exc).__name__)
         return error_response(
             RuntimeUnavailableError(
                 "cascade's storage (Redis) is not answering; retry shortly",
                 retry_after=2,
                 code="storage_unavailable",
-            )
+            ),
+            path=request.url.path,
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled_exception", exc_type=type(exc).__name__, exc_info=exc)
-        return error_response(InternalError("internal error; the operator can find it in the log"))
+        return error_response(
+            InternalError("internal error; the operator can find it in the log"),
+            path=request.url.path,
+        )

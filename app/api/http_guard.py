@@ -41,7 +41,15 @@ log = structlog.get_logger(__name__)
 
 UPLOAD_PATHS = frozenset({"/v1/files"})
 # Routes whose bodies may carry images inline (data URIs).
-IMAGE_BODY_PATHS = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/jobs/image-questions"})
+IMAGE_BODY_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/jobs/image-questions",
+        "/api/chat",
+        "/api/generate",
+    }
+)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _EXPOSED = "x-request-id, retry-after, idempotent-replayed"
 
@@ -208,7 +216,7 @@ class RequestGuardMiddleware:
 
     @staticmethod
     async def _answer(scope: Scope, send: Send, error: CascadeError, *, close: bool) -> None:
-        response = error_response(error)
+        response = error_response(error, path=scope["path"])
         if close:
             # The unread body is left behind: the connection cannot be reused.
             response.headers["connection"] = "close"

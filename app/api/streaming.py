@@ -26,8 +26,14 @@ async def first_event(events: AsyncGenerator[T, None]) -> T:
         raise
 
 
-def event_stream(first: object, events: AsyncGenerator[object, None]) -> StreamingResponse:
-    """`first`, then the rest of `events` (every item SSE bytes), as `text/event-stream`."""
+def event_stream(
+    first: object,
+    events: AsyncGenerator[object, None],
+    *,
+    media_type: str = "text/event-stream",
+) -> StreamingResponse:
+    """`first`, then the rest of `events` (every item bytes: SSE events, or the lines of
+    another `media_type` such as Ollama's `application/x-ndjson`)."""
 
     async def body() -> AsyncIterator[bytes]:
         assert isinstance(first, bytes)
@@ -38,7 +44,7 @@ def event_stream(first: object, events: AsyncGenerator[object, None]) -> Streami
 
     return StreamingResponse(
         body(),
-        media_type="text/event-stream",
+        media_type=media_type,
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         # On a disconnect the response ends early; this makes sure the generator is closed,
         # not left to the garbage collector.
