@@ -11,7 +11,8 @@ Rendering (`conversation_items`), message by message, oldest first:
 
 Item ids are stable without being stored: they are derived from the session id, the message
 (its whole stored form) and how many identical messages come before it, so appending or
-removing other messages never changes them, and ids of different sessions never meet.
+removing other messages never changes them, and ids of different sessions never meet. A
+message rewritten by a deletion keeps its key in `meta.item_key`, so its other items keep theirs.
 
 Deleting (`removal`): a `message` or `reasoning` item removes that part of its message (the
 message goes when nothing is left). A tool exchange goes as a whole: deleting a
@@ -45,6 +46,7 @@ class ConversationItem:
 
     item: dict[str, Any]
     message: int
+    key: str  # the message's: what its items' ids are made of
     call_id: str | None = None
     result: int | None = None
 
@@ -58,6 +60,10 @@ def _keys(session_id: str, messages: Sequence[dict[str, Any]]) -> list[str]:
     seen: dict[bytes, int] = {}
     keys: list[str] = []
     for message in messages:
+        kept = (message.get("meta") or {}).get("item_key")
+        if isinstance(kept, str):
+            keys.append(kept)
+            continue
         encoded = orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
         occurrence = seen.get(encoded, 0)
         seen[encoded] = occurrence + 1
@@ -120,7 +126,7 @@ def conversation_items(
                 "output": content if isinstance(content, str) else "",
                 "status": "completed",
             }
-            out.append(ConversationItem(item, i))
+            out.append(ConversationItem(item, i, key))
         else:
             item = {
                 "id": f"msg_{key}",
@@ -129,7 +135,7 @@ def conversation_items(
                 "status": "completed",
                 "content": _input_parts(message.get("content")),
             }
-            out.append(ConversationItem(item, i))
+            out.append(ConversationItem(item, i, key))
     return out
 
 
@@ -145,7 +151,7 @@ def _assistant_items(
     if message.get("reasoning_content"):
         out.append(
             ConversationItem(
-                reasoning_item(message["reasoning_content"], item_id=f"rs_{key}"), index
+                reasoning_item(message["reasoning_content"], item_id=f"rs_{key}"), index, key
             )
         )
     calls = message.get("tool_calls") or []
@@ -154,7 +160,7 @@ def _assistant_items(
         cut = bool(meta.get("truncated") or meta.get("interrupted"))
         text = message.get("content") or ""
         item = message_item(text, item_id=f"msg_{key}", status="incomplete" if cut else "completed")
-        out.append(ConversationItem(item, index))
+        out.append(ConversationItem(item, index, key))
     for n, call in enumerate(calls):
         function = call["function"]
         result = answers.get(call["id"])
@@ -171,7 +177,7 @@ def _assistant_items(
             item = function_call_item(
                 call["id"], function["name"], function["arguments"], item_id=f"fc_{key}_{n}"
             )
-        out.append(ConversationItem(item, index, call_id=call["id"], result=result))
+        out.append(ConversationItem(item, index, key, call_id=call["id"], result=result))
     return out
 
 
@@ -219,6 +225,7 @@ def removal(messages: Sequence[dict[str, Any]], target: ConversationItem) -> Rem
         edit.remove.append(target.message)
         return edit
     if message.get("content") or message.get("reasoning_content") or message.get("tool_calls"):
+        message["meta"] = {**(message.get("meta") or {}), "item_key": target.key}
         edit.replace[target.message] = message
     else:
         edit.remove.append(target.message)

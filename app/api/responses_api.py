@@ -131,6 +131,7 @@ async def _open(services: Services, request: Request, owner: str) -> _Turn:
         raise InvalidRequestError(f"request body: {exc}") from None
     req = parse_responses_request(data)
     previous: list[dict[str, Any]] = []
+    conversation = await _open_conversation(services, req, owner)  # first: it excludes the next
     if req.previous_response_id is not None:
         try:
             stored = await _store(services).get(owner, req.previous_response_id)
@@ -141,7 +142,6 @@ async def _open(services: Services, request: Request, owner: str) -> _Turn:
                 param="previous_response_id",
             ) from None
         previous = stored.history
-    conversation = await _open_conversation(services, req, owner)
     try:
         if conversation is not None:
             previous = conversation.history

@@ -211,6 +211,27 @@ def test_deleting_items_and_tool_exchanges(client: OpenAI) -> None:
         client.conversations.items.delete(items[1].id, conversation_id=conversation.id)
 
 
+def test_deleting_part_of_an_assistant_message_keeps_the_other_ids(
+    client: OpenAI, cascade: Cascade
+) -> None:
+    conversation = client.conversations.create(
+        items=[
+            user("why?"),
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "Think."}]},
+            {"type": "message", "role": "assistant", "content": "Because."},
+        ]
+    )
+    items = client.conversations.items.list(conversation.id, order="asc").data
+    assert [item.type for item in items] == ["message", "reasoning", "message"]
+    client.conversations.items.delete(items[1].id, conversation_id=conversation.id)
+    left = client.conversations.items.list(conversation.id, order="asc").data
+    assert [item.id for item in left] == [items[0].id, items[2].id]
+    assert texts(left[1]) == "Because."
+    session = httpx.get(f"{cascade.url}/v1/sessions/{conversation.id}").json()
+    assert "reasoning_content" not in session["messages"][1]
+    assert session["messages"][1]["content"] == "Because."
+
+
 # ----------------------------------------------------------------------------- responses
 
 
@@ -304,6 +325,10 @@ def test_conversation_with_previous_response_id_is_a_400(client: OpenAI, sim: Si
             model="m", input="more", conversation=conversation.id, previous_response_id=earlier.id
         )
     assert raised.value.body["param"] == "conversation"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):  # checked before the response is looked up
+        client.responses.create(
+            model="m", input="more", conversation=conversation.id, previous_response_id="resp_x"
+        )
     assert client.conversations.items.list(conversation.id).data == []
 
 
