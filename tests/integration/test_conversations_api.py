@@ -4,6 +4,8 @@ SDK against the simulator and Redis: one conversation is one session, seen by ev
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -436,3 +438,24 @@ def test_another_key_sees_a_conversation_as_unknown(
         assert one.conversations.retrieve(conversation.id).metadata == {"a": "b"}
         items = one.conversations.items.list(conversation.id).data
         assert [texts(item) for item in items] == ["secret"]
+
+
+def test_items_added_while_a_response_runs_wait_for_it(client: OpenAI, sim: SimHandle) -> None:
+    sim.sim.add_rule(Rule(match="slow", output="Done.", ttft=0.8))
+    conversation = client.conversations.create()
+    answers: list[Response] = []
+    running = threading.Thread(
+        target=lambda: answers.append(
+            client.responses.create(model="m", input="slow one", conversation=conversation.id)
+        )
+    )
+    running.start()
+    deadline = time.monotonic() + 5
+    while not sim.sim.requests:  # the response holds the conversation once it reaches the runtime
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    client.conversations.items.create(conversation.id, items=[user("added meanwhile")])
+    running.join(timeout=10)
+    assert answers and answers[0].output_text == "Done."
+    items = client.conversations.items.list(conversation.id, order="asc").data
+    assert [texts(item) for item in items] == ["slow one", "Done.", "added meanwhile"]
