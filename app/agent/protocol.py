@@ -37,6 +37,7 @@ from app.agent.models import RunResult
 from app.errors import InvalidRequestError
 from app.jsonbody import JsonBodyError, parse_json
 from app.runtime.models import Sampling, ThinkingReport, ToolCall, Usage
+from app.sessions.keys import SESSION_ID_PATTERN
 
 
 class FunctionDef(BaseModel):
@@ -84,7 +85,7 @@ class ChatRequest(Sampling):
     store: bool | None = None
     user: str | None = None
     # --- cascade extensions ---
-    session_id: str | None = Field(default=None, pattern=r"^sess_[0-9a-f]{24}$")
+    session_id: str | None = Field(default=None, pattern=f"^{SESSION_ID_PATTERN}$")
     thinking: bool | None = None
     thinking_budget: int | None = Field(default=None, ge=1)
     server_tools: list[str] | None = None

@@ -22,6 +22,7 @@ from app.api.batches_api import router as batches_router
 from app.api.batches_api import running_coordinator
 from app.api.chat import router as chat_router
 from app.api.config import HttpSettings
+from app.api.conversations_api import router as conversations_router
 from app.api.deps import ServicesDep
 from app.api.errors import install_error_handlers
 from app.api.files_api import router as files_router
@@ -130,6 +131,7 @@ def create_app(
     app.include_router(chat_router)
     app.include_router(responses_router)
     app.include_router(sessions_router)
+    app.include_router(conversations_router)
     app.include_router(files_router)
     app.include_router(tools_router)
     app.include_router(batches_router)

@@ -7,6 +7,11 @@ With `store` (the default) the response, its input items and the chain's history
 kept for `response_ttl_days`; `store: false` keeps nothing. Stored responses are the caller's
 only: another key's id answers 404, like an unknown one.
 
+With `conversation` (an id or `{"id": ...}`; not with `previous_response_id`) the response is a
+turn of that session: its lock is held while the response runs, its messages are the history,
+and the input and output messages are appended to it when the response finishes (whatever
+`store` says); a failed or cut response appends nothing. An unknown conversation is a 404.
+
 Streaming (`stream: true`) sends the Responses event sequence; the HTTP response starts only
 with the run's first event (a runtime that is down is a 503), and a client that disconnects
 aborts the runtime request; nothing is stored for a response that did not finish.
@@ -54,6 +59,7 @@ from app.errors import CascadeError, InvalidRequestError, NotFoundError
 from app.jsonbody import JsonBodyError, parse_json
 from app.services import Services
 from app.sessions.responses_store import ResponseStore, StoredResponse
+from app.sessions.turn import SessionTurn
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
@@ -84,6 +90,7 @@ class _Turn:
         self.owner = owner
         self.translation = translation
         self.previous = previous  # the chain's stored history (without instructions)
+        self.conversation: SessionTurn | None = None  # held from `_open` until committed
         self.shell = response_shell(
             req, response_id=new_id("resp"), model=model, created_at=int(time.time())
         )
@@ -97,11 +104,13 @@ class _Turn:
             owner=self.owner,
             stream=stream,
             history=self.translation.history,
+            options=self.conversation.options if self.conversation is not None else None,
         )
         # The run's messages start with this turn's input (normalised, images stored).
         return assembled, len(assembled.run.produced)
 
     async def save(self, result: RunResult, body: dict[str, Any]) -> None:
+        await _commit_conversation(self.conversation, result)
         if not self.shell["store"] or self.services.responses is None:
             return
         await self.services.responses.put(
@@ -122,6 +131,7 @@ async def _open(services: Services, request: Request, owner: str) -> _Turn:
         raise InvalidRequestError(f"request body: {exc}") from None
     req = parse_responses_request(data)
     previous: list[dict[str, Any]] = []
+    conversation = await _open_conversation(services, req, owner)  # first: it excludes the next
     if req.previous_response_id is not None:
         try:
             stored = await _store(services).get(owner, req.previous_response_id)
@@ -132,14 +142,97 @@ async def _open(services: Services, request: Request, owner: str) -> _Turn:
                 param="previous_response_id",
             ) from None
         previous = stored.history
-    registry, policy = services.registry, services.policy
-    available = [n for n in registry.names() if policy.is_enabled(n)]
-    seal, unseal = _sealing(services, req, owner)
-    translation = to_chat_request(
-        req, stored_history=previous, available_server_tools=available, unseal=unseal
-    )
-    model = req.model or await services.runtime.model_name()
-    return _Turn(services, req, owner, translation, previous, model, seal)
+    try:
+        if conversation is not None:
+            previous = conversation.history
+        registry, policy = services.registry, services.policy
+        available = [n for n in registry.names() if policy.is_enabled(n)]
+        seal, unseal = _sealing(services, req, owner)
+        translation = to_chat_request(
+            req, stored_history=previous, available_server_tools=available, unseal=unseal
+        )
+        model = req.model or await services.runtime.model_name()
+    except BaseException:
+        await _release_conversation(conversation)
+        raise
+    turn = _Turn(services, req, owner, translation, previous, model, seal)
+    if conversation is not None:
+        _join_conversation(turn, conversation)
+    return turn
+
+
+# ----------------------------------------------------------------------------- conversation
+# A response with `conversation` is a session turn: the session's lock is held from `_open`
+# until the response is committed to it (or has failed), its messages are the history, and the
+# turn's input and output messages are appended only when the response finished.
+
+
+def _conversation_id(req: ResponsesRequest) -> str | None:
+    conversation = req.conversation
+    if conversation is None:
+        return None
+    if req.previous_response_id is not None:
+        raise InvalidRequestError(
+            "conversation and previous_response_id cannot be used together", param="conversation"
+        )
+    conversation_id = conversation if isinstance(conversation, str) else conversation.get("id")
+    if not isinstance(conversation_id, str) or not conversation_id:
+        raise InvalidRequestError(
+            'conversation must be a conversation id or {"id": "conv_..."}', param="conversation"
+        )
+    return conversation_id
+
+
+async def _open_conversation(
+    services: Services, req: ResponsesRequest, owner: str
+) -> SessionTurn | None:
+    """The request's conversation, locked and loaded (404 when unknown or another owner's)."""
+    conversation_id = _conversation_id(req)
+    if conversation_id is None:
+        return None
+    hold = SessionTurn(services.sessions, None, owner=owner, session_id=conversation_id)
+    try:
+        await hold.__aenter__()  # left by `_release_conversation`, on every path
+    except NotFoundError:
+        raise NotFoundError(
+            f"no conversation {conversation_id!r}",
+            code="conversation_not_found",
+            param="conversation",
+        ) from None
+    return hold
+
+
+def _join_conversation(turn: _Turn, conversation: SessionTurn) -> None:
+    assert conversation.session_id is not None
+    turn.conversation = conversation
+    turn.shell["conversation"] = {"id": conversation.session_id}
+    # A session turn: the run is routed, and its server tools scoped, by the session.
+    request = turn.translation.request
+    turn.translation.request = request.model_copy(update={"session_id": conversation.session_id})
+
+
+async def _commit_conversation(conversation: SessionTurn | None, result: RunResult) -> None:
+    """Append the finished response's messages (its input first) to its conversation, then let
+    the conversation go, so the next turn may start as soon as this one is answered."""
+    if conversation is None:
+        return
+    await conversation.commit(result.new_messages)
+    await _release_conversation(conversation)
+
+
+async def _release_conversation(conversation: SessionTurn | None) -> None:
+    if conversation is not None:
+        await conversation.__aexit__(None, None, None)
+
+
+async def _holding(turn: _Turn, events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """`events`, the conversation released however they end."""
+    try:
+        async with aclosing(events):
+            async for chunk in events:
+                yield chunk
+    finally:
+        await _release_conversation(turn.conversation)
 
 
 def _sealing(
@@ -175,17 +268,20 @@ async def create_response(request: Request, services: ServicesDep, owner: Owner)
     turn = await _open(services, request, owner)
     if turn.req.stream:
         return await _streamed(turn)
-    assembled, inputs = await turn.assemble(stream=False)
-    result = await assembled.run.run()
-    body = response_body(turn.shell, result, result.new_messages[inputs:], seal=turn.seal)
-    await turn.save(result, body)
+    try:
+        assembled, inputs = await turn.assemble(stream=False)
+        result = await assembled.run.run()
+        body = response_body(turn.shell, result, result.new_messages[inputs:], seal=turn.seal)
+        await turn.save(result, body)
+    finally:
+        await _release_conversation(turn.conversation)
     return JSONResponse(body)
 
 
 async def _streamed(turn: _Turn) -> Response:
     """Take the stream's first item before answering: whatever fails before the run's first
     event (400, 503, ...) is an HTTP error."""
-    events = _stream(turn)
+    events = _holding(turn, _stream(turn))
     return event_stream(await first_event(events), events)
 
 

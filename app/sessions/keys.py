@@ -1,8 +1,8 @@
 """The Redis key layout of sessions, turn locks and idempotency records.
 
-Every key a session owns carries the session id as a hash tag (`{sess_…}`), so on a Redis
-Cluster they share a slot. Owner-supplied strings never reach a key unhashed except the owner id,
-which is cascade's own (`key_…`).
+Every key a session owns carries the session id as a hash tag (`{sess_…}` or `{conv_…}`), so on
+a Redis Cluster they share a slot. Owner-supplied strings never reach a key unhashed except the
+owner id, which is cascade's own (`key_…`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import re
 
-SESSION_ID_RE = re.compile(r"sess_[0-9a-f]{24}")
+# `sess_…` ids come from the sessions' own doors, `conv_…` ids from the Conversations API; both
+# name one kind of session, usable at every door.
+SESSION_ID_PATTERN = r"(?:sess|conv)_[0-9a-f]{24}"
+SESSION_ID_RE = re.compile(SESSION_ID_PATTERN)
 
 
 class Keys:

@@ -32,3 +32,4 @@ class SessionInfo(BaseModel):
     message_count: int
     version: int
     forked_from: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)  # the Conversations API's metadata

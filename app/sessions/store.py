@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import redis.asyncio as aioredis
@@ -83,6 +83,44 @@ redis.call('ZADD', KEYS[4], ARGV[3], ARGV[5])
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
 """
 
+# Metadata is not history: it neither bumps `version` nor conflicts with a running turn.
+_SET_METADATA = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
+redis.call('HSET', KEYS[1], 'metadata', ARGV[2], 'updated_at', ARGV[3])
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[5])
+return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
+"""
+
+# ARGV = owner, expected version, now, ttl, session id, write token, tombstone, number of
+# replacements R, then R (index, message) pairs, then the indices to remove. Every index is
+# checked before anything is written (a script is not rolled back on error); removed messages
+# are overwritten with the tombstone, then the tombstones removed in one LREM, so the indices
+# of the others hold throughout.
+_EDIT = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
+local version = tonumber(redis.call('HGET', KEYS[1], 'version'))
+if version ~= tonumber(ARGV[2]) then return {'conflict', version} end
+local count = redis.call('LLEN', KEYS[2])
+local replaced = tonumber(ARGV[8])
+local first_removed = 9 + 2 * replaced
+local function outside(index) index = tonumber(index); return index < 0 or index >= count end
+for i = 9, first_removed - 1, 2 do if outside(ARGV[i]) then return {'range', count} end end
+for i = first_removed, #ARGV do if outside(ARGV[i]) then return {'range', count} end end
+for i = 9, first_removed - 1, 2 do
+  redis.call('LSET', KEYS[2], tonumber(ARGV[i]), ARGV[i + 1])
+end
+for i = first_removed, #ARGV do
+  redis.call('LSET', KEYS[2], tonumber(ARGV[i]), ARGV[7])
+end
+if #ARGV >= first_removed then redis.call('LREM', KEYS[2], 0, ARGV[7]) end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], 'last_write', ARGV[6])
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[5])
+return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
+"""
+
 # The linked idempotency records go in the same script: a replay never finds a result of a
 # deleted session. (Their names come from the set, not KEYS: cascade runs on one Redis.)
 _DELETE = """
@@ -107,9 +145,11 @@ return redis.call('ZREVRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1)
 
 LIST_LIMIT_MAX = 100
 
+IdPrefix = Literal["sess", "conv"]
 
-def new_session_id() -> str:
-    return "sess_" + secrets.token_hex(12)
+
+def new_session_id(prefix: IdPrefix = "sess") -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
 
 
 def _text(value: bytes | str) -> str:
@@ -132,6 +172,7 @@ def _info(fields: dict[str, str], message_count: int) -> SessionInfo:
         message_count=message_count,
         version=int(fields["version"]),
         forked_from=fields.get("forked_from"),
+        metadata=orjson.loads(fields["metadata"]) if "metadata" in fields else {},
     )
 
 
@@ -154,6 +195,8 @@ class SessionStore:
         self._read = redis.register_script(_READ)
         self._append = redis.register_script(_APPEND)
         self._delete = redis.register_script(_DELETE)
+        self._set_metadata = redis.register_script(_SET_METADATA)
+        self._edit = redis.register_script(_EDIT)
         self._page = redis.register_script(_PAGE)
 
     def _session_keys(self, session_id: str, owner: str) -> list[str]:
@@ -166,9 +209,18 @@ class SessionStore:
         title: str | None = None,
         options: SessionOptions | None = None,
         messages: Sequence[dict[str, Any]] = (),
+        metadata: Mapping[str, str] | None = None,
+        id_prefix: IdPrefix = "sess",
     ) -> SessionInfo:
-        """A new session of `owner`, holding `messages` (version 0)."""
-        return await self._create_session(owner, title, options or SessionOptions(), messages)
+        """A new session of `owner`, holding `messages` (version 0), its id `id_prefix_…`."""
+        return await self._create_session(
+            owner,
+            title,
+            options or SessionOptions(),
+            messages,
+            metadata=dict(metadata or {}),
+            id_prefix=id_prefix,
+        )
 
     async def _create_session(
         self,
@@ -177,13 +229,15 @@ class SessionStore:
         options: SessionOptions,
         messages: Sequence[dict[str, Any]],
         forked_from: str | None = None,
+        metadata: dict[str, str] | None = None,
+        id_prefix: IdPrefix = "sess",
     ) -> SessionInfo:
         now = time.time()
         token = secrets.token_hex(8)
         encoded = [orjson.dumps(message) for message in messages]
         options_json = options.model_dump_json()
         while True:
-            session_id = new_session_id()
+            session_id = new_session_id(id_prefix)
             fields: dict[str, str] = {
                 "id": session_id,
                 "owner": owner,
@@ -197,6 +251,8 @@ class SessionStore:
                 fields["title"] = title
             if forked_from is not None:
                 fields["forked_from"] = forked_from
+            if metadata:
+                fields["metadata"] = orjson.dumps(metadata).decode()
             flat = [item for pair in fields.items() for item in pair]
             created = await self._create(
                 keys=self._session_keys(session_id, owner),
@@ -221,6 +277,7 @@ class SessionStore:
             message_count=len(encoded),
             version=0,
             forked_from=forked_from,
+            metadata=metadata or {},
         )
 
     async def _read_session(self, session_id: str, owner: str, *, with_messages: bool) -> list[Any]:
@@ -293,6 +350,80 @@ class SessionStore:
                 f"expected {expected_version}); reload it and retry",
                 code="session_version_conflict",
             )
+        return _info(_pairs(reply[1]), int(reply[2]))
+
+    async def set_metadata(
+        self, session_id: str, owner: str, metadata: Mapping[str, str]
+    ) -> SessionInfo:
+        """Replace the session's metadata (`{}` clears it) and set `updated_at`; refreshes the
+        TTL. Not a turn: `version` stays, so a turn running meanwhile still commits."""
+        if not SESSION_ID_RE.fullmatch(session_id):
+            raise _not_found(session_id)
+        now = time.time()
+        reply: list[Any] = await self._set_metadata(
+            keys=self._session_keys(session_id, owner),
+            args=[
+                owner,
+                orjson.dumps(dict(metadata)),
+                repr(now),
+                self.settings.session_ttl_ms,
+                session_id,
+            ],
+        )
+        if _text(reply[0]) != "ok":
+            raise _not_found(session_id)
+        return _info(_pairs(reply[1]), int(reply[2]))
+
+    async def edit_messages(
+        self,
+        session_id: str,
+        owner: str,
+        *,
+        expected_version: int,
+        replace: Mapping[int, dict[str, Any]] | None = None,
+        remove: Collection[int] = (),
+    ) -> SessionInfo:
+        """Rewrite history in place, atomically: the messages at the indices of `replace` are
+        replaced, those at `remove` taken out (indices as of `expected_version`, oldest = 0).
+
+        Like a turn, commits only at `expected_version` (else `ConflictError`, nothing
+        written) and bumps `version`, so a turn that read the old history cannot commit over
+        it. An index outside the history is an `UnprocessableError`, nothing written.
+        """
+        if not SESSION_ID_RE.fullmatch(session_id):
+            raise _not_found(session_id)
+        replace = replace or {}
+        if set(replace) & set(remove):
+            raise ValueError("a message is either replaced or removed")
+        now = time.time()
+        pairs = [arg for index, m in replace.items() for arg in (index, orjson.dumps(m))]
+        reply: list[Any] = await self._edit(
+            keys=self._session_keys(session_id, owner),
+            args=[
+                owner,
+                expected_version,
+                repr(now),
+                self.settings.session_ttl_ms,
+                session_id,
+                secrets.token_hex(8),
+                # Never a message: stored messages are JSON objects.
+                "removed:" + secrets.token_hex(16),
+                len(replace),
+                *pairs,
+                *remove,
+            ],
+        )
+        status = _text(reply[0])
+        if status == "missing":
+            raise _not_found(session_id)
+        if status == "conflict":
+            raise ConflictError(
+                f"session {session_id!r} changed meanwhile (version {int(reply[1])}, expected "
+                f"{expected_version}); reload it and retry",
+                code="session_version_conflict",
+            )
+        if status == "range":
+            raise UnprocessableError(f"no such message: the session holds {int(reply[1])}")
         return _info(_pairs(reply[1]), int(reply[2]))
 
     async def list(
