@@ -16,14 +16,14 @@ a `ChatRequest` and calls `assemble_turn`; none builds an `AgentRun` itself. Her
 - images in the new messages are checked, processed and stored under one per-turn budget
   (`ImageBudget`), and replaced by `image_ref` parts;
 - the operator's system prompt is added to a conversation that starts without one;
-- a stateless turn (no session, no stored history, not `store`) goes through the ledger
-  (`app/sessions/ledger.py`, one Redis round trip to read): each plain assistant message the
-  client resent (no reasoning, no tool calls of its own) is replaced by the steps recorded when
-  cascade produced it, so the model sees its earlier reasoning and tool steps and the prompt
-  renders as it did before; the run's own steps are recorded when it ends. A write call that
-  pauses is asked about in plain text (`app/agent/approval.py`), and the pause kept in the
-  ledger; the next message of that exact conversation, from the same owner, approves it (the
-  call runs, once) or declines it (the model is told it was not run).
+- a stateless turn (no session, no stored history but a system message, not `store`) goes
+  through the ledger (`app/sessions/ledger.py`, one Redis round trip to read): each plain
+  assistant message the client resent (no reasoning, no tool calls of its own) is replaced by
+  the steps recorded when cascade produced it, so the model sees its earlier reasoning and tool
+  steps and the prompt renders as it did before; the run's own steps are recorded when it
+  ends. A write call that pauses is asked about in plain text (`app/agent/approval.py`), and
+  the pause kept in the ledger; the next message of that exact conversation, from the same
+  owner, approves it (the call runs, once) or declines it (the model is told it was not run).
 
 `assemble_turn` does no model call and writes nothing but images (content-addressed, so a retry
 repeats nothing visible) and a taken ledger pause; the run it returns is driven by the caller,
@@ -111,7 +111,10 @@ async def assemble_turn(
     new = normalise_messages(req.messages)
     if req.session_id is not None:
         check_tool_results(list(history), new)
-    stateless = req.session_id is None and not history and not req.store
+    # Stateless: nothing stored holds this conversation (instructions alone are not history).
+    stateless = (
+        req.session_id is None and not req.store and all(m.get("role") == "system" for m in history)
+    )
     plan = (
         await _LedgerTurn.open(services.ledger, owner, new)
         if ledger and stateless and services.ledger is not None
