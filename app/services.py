@@ -1,10 +1,11 @@
 """The composition root: the long-lived services one process owns (the API, or a batch
 worker), built once by `open_services` and handed on as one typed `Services` object.
 
-They are the runtime client (and its budget guard), the session store, idempotency keys, image
-intake and files, the batch store, the tool registry with its operator policy, the MCP servers,
-and the turn engine's view of them (`turn`). `open_services` starts them (MCP discovery
-included); `Services.aclose` stops them in reverse order. Nothing else builds any of them.
+They are the runtime client (and its budget guard), the session store, idempotency keys, the
+ledger of stateless turns, image intake and files, the batch store, the tool registry with its
+operator policy, the MCP servers, and the turn engine's view of them (`turn`). `open_services`
+starts them (MCP discovery included); `Services.aclose` stops them in reverse order. Nothing
+else builds any of them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from app.runtime.guard import GuardedRuntime
 from app.sealed import SealedBox, derive_key
 from app.sessions.config import SessionSettings
 from app.sessions.idempotency import IdempotencyStore
+from app.sessions.ledger import Ledger
 from app.sessions.responses_store import ResponseStore
 from app.sessions.store import SessionStore
 from tools import build_registry, load_tool_settings
@@ -48,6 +50,7 @@ class Services:
     sessions: SessionStore | None
     idempotency: IdempotencyStore | None
     responses: ResponseStore | None
+    ledger: Ledger | None
     media: ImageIntake | None
     files: FileStore | None
     media_settings: MediaSettings
@@ -97,6 +100,7 @@ async def open_services(
     )
     media = ImageIntake(redis, media_settings, files=files) if redis is not None else None
     policy = tool_settings.policy()
+    ledger = Ledger(redis, session_settings) if redis is not None else None
     runtime_client, runtime = build_runtime(settings)
     services = Services(
         settings=settings,
@@ -110,6 +114,7 @@ async def open_services(
             policy=policy,
             media=media,
             redis=redis,
+            ledger=ledger,
         ),
         batch_settings=batch_settings,
         sealer=(
@@ -123,6 +128,7 @@ async def open_services(
         sessions=SessionStore(redis, session_settings) if redis is not None else None,
         idempotency=IdempotencyStore(redis, session_settings) if redis is not None else None,
         responses=ResponseStore(redis, session_settings) if redis is not None else None,
+        ledger=ledger,
         media=media,
         files=files,
         media_settings=media_settings,

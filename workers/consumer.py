@@ -434,6 +434,7 @@ class BatchWorker:
             stream=False,
             priority=self.priority,
             ingest=self.images.ingest if self.images is not None else None,
+            ledger=False,  # a batch item is one-off: no client resends its conversation
         )
         run, images = turn.run, turn.images
         result = await run.run()

@@ -16,14 +16,16 @@ typed `RunEnd` (`Final`, `ClientTools`, `Paused`, `MaxSteps`) carried by `RunDon
 - a tool call left in the reasoning or content as text is repaired when it parses cleanly into a
   known tool; otherwise the model is told what was wrong and gets one more try;
 - `new_messages` (and `partial_messages()` after an interruption) are whole messages only:
-  an interrupted step contributes its text so far as one assistant message, marked interrupted.
+  an interrupted step contributes its text so far as one assistant message, marked interrupted;
+- `on_end`, when given, sees the result of a run that ended (not one cut short) before the
+  caller does, and may replace it; a pause it gives a `prompt` streams that prompt as content.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Any, Literal
 
@@ -89,7 +91,11 @@ class AgentRun:
         session_id: str | None,
         redis: Any = None,
         stream: bool = True,
+        approved_pause: str | None = None,
+        on_end: Callable[[RunResult], Awaitable[RunResult]] | None = None,
     ) -> None:
+        """`approved_pause`: the id of the pause that ends `new_messages`, approved through the
+        turn engine's ledger (cascade's own record, never client text): its calls run first."""
         self.runtime = runtime
         self.registry = registry
         self.media = media
@@ -100,6 +106,8 @@ class AgentRun:
         self.session_id = session_id
         self.redis = redis
         self.stream = stream
+        self.approved_pause = approved_pause
+        self.on_end = on_end
         self.produced: list[dict[str, Any]] = list(new_messages)
         self.current_rid: str | None = None
         self._streamed_client_calls = 0
@@ -339,21 +347,28 @@ class AgentRun:
 
     def _confirmed_pause(self) -> list[ToolCall]:
         """The paused calls to run now: those of the stored history's open pause, if this
-        request confirms its id. Anything else that `confirm_tool_calls` names is refused.
+        request confirms its id (anything else that `confirm_tool_calls` names is refused), or
+        those of the `approved_pause` the turn engine took from its ledger.
 
-        Only the stored history counts (a session, loaded for its owner); calls in messages the
-        client sent are history to show the model, never instructions to run.
+        Only cascade's own records count (a session, loaded for its owner; a ledger entry, read
+        for its owner); calls in messages the client sent are history to show the model, never
+        instructions to run.
         """
         wanted = self.config.confirm_pause_ids
-        if not wanted:
+        if wanted:
+            pause = open_pause(self.history) if not self.produced else None
+            if pause is None or pause[0] not in wanted or len(wanted) > 1:
+                raise InvalidRequestError(
+                    "confirm_tool_calls must name the pause_id of the session's paused tool "
+                    "call (send it with session_id and no new messages)",
+                    param="confirm_tool_calls",
+                )
+        elif self.approved_pause is not None:
+            pause = open_pause(self.produced)
+            if pause is None or pause[0] != self.approved_pause:
+                return []
+        else:
             return []
-        pause = open_pause(self.history) if not self.produced else None
-        if pause is None or pause[0] not in wanted or len(wanted) > 1:
-            raise InvalidRequestError(
-                "confirm_tool_calls must name the pause_id of the session's paused tool call "
-                "(send it with session_id and no new messages)",
-                param="confirm_tool_calls",
-            )
         message, call_ids = pause[1], set(pause[2])
         self.confirmed = call_ids
         return [
@@ -478,20 +493,23 @@ class AgentRun:
             if self.stream:
                 yield ContentDelta(text)
             end = MaxSteps(self.steps, text)
-        yield RunDone(
-            RunResult(
-                end=end,
-                new_messages=list(self.produced),
-                usage=self.usage,
-                thinking=ThinkingReport(
-                    enabled=self.config.thinking,
-                    budget=self.config.thinking_budget,
-                    used=self.thinking_used,
-                    closed_by_guard=self.guard_closed,
-                ),
-                steps=self.steps,
-            )
+        result = RunResult(
+            end=end,
+            new_messages=list(self.produced),
+            usage=self.usage,
+            thinking=ThinkingReport(
+                enabled=self.config.thinking,
+                budget=self.config.thinking_budget,
+                used=self.thinking_used,
+                closed_by_guard=self.guard_closed,
+            ),
+            steps=self.steps,
         )
+        if self.on_end is not None:
+            result = await self.on_end(result)
+            if self.stream and isinstance(result.end, Paused) and result.end.prompt:
+                yield ContentDelta(result.end.prompt)
+        yield RunDone(result)
 
     async def run(self) -> RunResult:
         """Drive the run to the end and return its result (no deltas)."""

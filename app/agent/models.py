@@ -15,7 +15,8 @@ A run ends (`RunResult.end`) in one of:
 - `Final`: the model answered;
 - `ClientTools`: the model called tools the client declared; they are returned to the client in
   OpenAI form and the run resumes when the client sends `role: "tool"` results;
-- `Paused`: a `write` tool needs the user's OK before it runs (`confirm_tool_calls`);
+- `Paused`: a `write` tool needs the user's OK before it runs (`confirm_tool_calls`, or, in a
+  stateless chat, a plain "yes" to the question in `Paused.prompt`);
 - `MaxSteps`: the step cap was reached before an answer.
 """
 
@@ -83,6 +84,9 @@ class ClientTools:
 @dataclass
 class Paused:
     pending: dict[str, Any]  # pause_id, the first call's call_id/tool/arguments, all calls
+    # The question put to the user as the answer (a stateless chat approves in plain text);
+    # None: the client confirms with `confirm_tool_calls`.
+    prompt: str | None = None
 
 
 @dataclass
@@ -152,8 +156,8 @@ class RunResult:
         match self.end:
             case Final(content=text) | ClientTools(content=text) | MaxSteps(content=text):
                 return text
-            case Paused():
-                return ""
+            case Paused(prompt=prompt):
+                return prompt or ""
 
     @property
     def reasoning(self) -> str | None:
@@ -165,10 +169,13 @@ class RunResult:
 
     @property
     def finish_reason(self) -> str:
-        """Always matches the message: `tool_calls` only when it carries tool calls."""
+        """Always matches the message: `tool_calls` only when it carries tool calls (or, for a
+        pause the client confirms by id, the call it waits for is in `cascade`)."""
         match self.end:
             case Final(finish_reason=reason):
                 return reason
+            case Paused(prompt=str()):
+                return "stop"
             case ClientTools() | Paused():
                 return "tool_calls"
             case MaxSteps():

@@ -15,22 +15,34 @@ a `ChatRequest` and calls `assemble_turn`; none builds an `AgentRun` itself. Her
   checked against the calls its stored history made;
 - images in the new messages are checked, processed and stored under one per-turn budget
   (`ImageBudget`), and replaced by `image_ref` parts;
-- the operator's system prompt is added to a conversation that starts without one.
+- the operator's system prompt is added to a conversation that starts without one;
+- a stateless turn (no session, no stored history but a system message, not `store`) goes
+  through the ledger (`app/sessions/ledger.py`, one Redis round trip to read): each plain
+  assistant message the client resent (no reasoning, no tool calls of its own) is replaced by
+  the steps recorded when cascade produced it, so the model sees its earlier reasoning and tool
+  steps and the prompt renders as it did before; the run's own steps are recorded when it
+  ends. A write call that pauses is asked about in plain text (`app/agent/approval.py`), and
+  the pause kept in the ledger; the next message of that exact conversation, from the same
+  owner, approves it (the call runs, once) or declines it (the model is told it was not run).
 
 `assemble_turn` does no model call and writes nothing but images (content-addressed, so a retry
-repeats nothing visible); the run it returns is driven by the caller.
+repeats nothing visible) and a taken ledger pause; the run it returns is driven by the caller,
+and records the ledger entries itself when it ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
 
+from app.agent.approval import approval_prompt, declined_results, is_approval
 from app.agent.loop import AgentRun
-from app.agent.models import RunConfig
+from app.agent.models import Final, Paused, RunConfig, RunResult
 from app.agent.prompt import image_refs
 from app.agent.protocol import ChatRequest, check_tool_results, normalise_messages
 from app.config import Settings
@@ -38,8 +50,11 @@ from app.errors import InvalidRequestError
 from app.media.intake import IMAGE_PART_TYPES, ImageBudget, ImageIntake
 from app.runtime.body import check_temperature, grant_budget
 from app.runtime.guard import Runtime
+from app.sessions.ledger import ClientHistory, Ledger, Pause, Steps
 from app.sessions.models import SessionOptions
 from tools.registry import Need, ToolPolicy, ToolRegistry
+
+log = structlog.get_logger(__name__)
 
 
 class PartsIngest(Protocol):
@@ -60,6 +75,7 @@ class TurnServices:
     policy: ToolPolicy  # the operator's
     media: ImageIntake | None
     redis: aioredis.Redis | None
+    ledger: Ledger | None = None  # None: no Redis, stateless turns are taken as sent
 
 
 @dataclass
@@ -78,11 +94,14 @@ async def assemble_turn(
     options: SessionOptions | None = None,
     priority: int | None = None,
     ingest: PartsIngest | None = None,
+    ledger: bool = True,
 ) -> AssembledTurn:
     """Assemble the run for one turn (see the module docstring).
 
     `history` and `options` are a session's (empty for a stateless request); `ingest` replaces
-    the intake's own image ingestion (batch workers share fetches between items).
+    the intake's own image ingestion (batch workers share fetches between items); `ledger`
+    False keeps a stateless turn out of the ledger (a door whose clients never resend a
+    conversation, such as batch items).
     """
     settings = services.settings
     config, policy = run_config(
@@ -92,7 +111,18 @@ async def assemble_turn(
     new = normalise_messages(req.messages)
     if req.session_id is not None:
         check_tool_results(list(history), new)
+    # Stateless: nothing stored holds this conversation (instructions alone are not history).
+    stateless = (
+        req.session_id is None and not req.store and all(m.get("role") == "system" for m in history)
+    )
+    plan = (
+        await _LedgerTurn.open(services.ledger, owner, new)
+        if ledger and stateless and services.ledger is not None
+        else None
+    )
     images = await _ingest_images(services, new, owner=owner, ingest=ingest)
+    if plan is not None:
+        new = plan.conversation(new)  # after intake: recorded steps hold stored images only
     if services.registry is not None:
         present: list[Need] = ["redis"] if services.redis is not None else []
         if images or image_refs(history):
@@ -113,8 +143,152 @@ async def assemble_turn(
         session_id=req.session_id,
         redis=services.redis,
         stream=stream,
+        approved_pause=plan.approved if plan is not None else None,
+        on_end=plan.finish if plan is not None else None,
     )
+    if plan is not None:
+        plan.input_len = len(new) - plan.tail_len
     return AssembledTurn(run=run, images=images)
+
+
+def _plain_answer(message: dict[str, Any]) -> bool:
+    """An assistant message as a stateless client resends cascade's answers: text only."""
+    return (
+        message.get("role") == "assistant"
+        and not message.get("reasoning_content")
+        and not message.get("tool_calls")
+    )
+
+
+def _without_meta(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in m.items() if k != "meta"} for m in messages]
+
+
+class _LedgerTurn:
+    """One stateless turn's use of the ledger: what it read, and what it records at the end.
+
+    Indices are the client's: `base` is the first client message the run's recorded steps will
+    stand for (the answer's own index unless an approved pause is resumed, which stands for its
+    question and the yes too); the run's messages from `input_len` on are what it produced
+    (`tail_len` of them, a resumed pause's, came from the ledger).
+    """
+
+    def __init__(self, ledger: Ledger, owner: str, history: ClientHistory) -> None:
+        self.ledger = ledger
+        self.owner = owner
+        self.history = history
+        self.base = len(history)
+        self.steps: dict[int, Steps] = {}
+        self.pause: Pause | None = None
+        self.approved: str | None = None
+        self.declined: list[tuple[str, Steps]] = []
+        self.tail_len = 0
+        self.input_len = 0
+
+    @classmethod
+    async def open(
+        cls, ledger: Ledger, owner: str, messages: Sequence[dict[str, Any]]
+    ) -> _LedgerTurn:
+        """Read what the ledger holds for `messages` (the client's, normalised, before intake):
+        recorded steps of its plain assistant messages, and a pause its last message answers."""
+        turn = cls(ledger, owner, ClientHistory(owner, messages))
+        wanted = {
+            i: turn.history.digest("steps", i + 1)
+            for i, message in enumerate(messages)
+            if _plain_answer(message)
+        }
+        n = len(messages)
+        answers_question = n >= 2 and messages[-1]["role"] == "user" and (n - 2) in wanted
+        pause_digest = turn.history.digest("pause", n - 1) if answers_question else None
+        try:
+            read = await ledger.read(owner, list(wanted.values()), pause_digest)
+        except RedisError as exc:
+            # The ledger only adds to a turn: without it the turn runs as the client sent it.
+            log.warning("ledger_read_failed", exc_type=type(exc).__name__)
+            return turn
+        turn.steps = {i: read.steps[d] for i, d in wanted.items() if d in read.steps}
+        if read.pause is not None and read.pause.span <= n - 1:
+            turn.pause = read.pause
+        return turn
+
+    def _expanded(self, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`messages` with each recorded answer replaced by its steps (the latest first, so a
+        span that covers earlier messages wins over their own entries)."""
+        blocks: list[list[dict[str, Any]]] = []
+        index = len(messages) - 1
+        while index >= 0:
+            entry = self.steps.get(index)
+            if entry is not None and entry.span <= index + 1:
+                blocks.append([dict(m) for m in entry.messages])
+                index -= entry.span
+            else:
+                blocks.append([messages[index]])
+                index -= 1
+        return [message for block in reversed(blocks) for message in block]
+
+    def conversation(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The conversation the run starts from (see the class docstring)."""
+        pause = self.pause
+        if pause is None:
+            return self._expanded(messages)
+        n = len(messages)
+        start = n - 1 - pause.span  # the first client message the pause stands for
+        before = self._expanded(messages[:start])
+        if is_approval(messages[-1]):
+            self.approved = pause.pause_id
+            self.base = start
+            self.tail_len = len(pause.messages)
+            return [*before, *pause.messages]
+        declined = [
+            *_without_meta(pause.messages),
+            *declined_results([c["call_id"] for c in pause.calls]),
+        ]
+        # The question now stands for the declined call: recorded so later turns see it too.
+        self.declined.append(
+            (self.history.digest("steps", n - 1), Steps(span=pause.span, messages=declined))
+        )
+        return [*before, *declined, messages[-1]]
+
+    async def finish(self, result: RunResult) -> RunResult:
+        """Record the run's steps (an answer worth it) or its pause (then the result asks the
+        user); a ledger that cannot be written leaves the result as the run made it."""
+        produced = result.new_messages[self.input_len :]
+        span = len(self.history) - self.base + 1
+        steps = list(self.declined)
+        pause: tuple[str, Pause] | None = None
+        prompt: str | None = None
+        match result.end:
+            case Final(content=text):
+                recorded = _without_meta(produced)
+                # A bare answer is what the client resends anyway: nothing to keep.
+                if (
+                    span > 1
+                    or len(recorded) > 1
+                    or any(m.get("reasoning_content") for m in recorded)
+                ):
+                    answered = self.history.then({"role": "assistant", "content": text})
+                    steps.append((answered.digest("steps"), Steps(span=span, messages=recorded)))
+            case Paused(pending=pending):
+                prompt = approval_prompt(pending["calls"])
+                asked = self.history.then({"role": "assistant", "content": prompt})
+                paused = Pause(
+                    pause_id=pending["pause_id"],
+                    owner=self.owner,
+                    span=span,
+                    messages=produced,
+                    calls=pending["calls"],
+                )
+                pause = (asked.digest("pause"), paused)
+            case _:
+                pass
+        try:
+            await self.ledger.write(self.owner, steps, pause)
+        except RedisError as exc:
+            log.warning("ledger_write_failed", exc_type=type(exc).__name__)
+            return result
+        if prompt is not None and isinstance(result.end, Paused):
+            return replace(result, end=replace(result.end, prompt=prompt))
+        return result
 
 
 async def _ingest_images(

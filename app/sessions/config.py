@@ -49,6 +49,22 @@ class SessionSettings(CascadeSettings):
         ge=0,
         description="Seconds a retry waits for the first request with its key before a 409.",
     )
+    ledger_ttl_days: int = Field(
+        default=7,
+        ge=1,
+        description=(
+            "Days the ledger keeps a stateless turn's reasoning and tool steps after they were "
+            "last used (app/sessions/ledger.py)."
+        ),
+    )
+    ledger_pause_ttl: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "Seconds a write call paused in a stateless chat waits for the user's plain-text "
+            "yes; later, the yes runs nothing."
+        ),
+    )
     key_prefix: str = Field(
         default="cascade", min_length=1, description="Namespace of every Redis key written."
     )
@@ -60,6 +76,14 @@ class SessionSettings(CascadeSettings):
     @property
     def response_ttl_ms(self) -> int:
         return self.response_ttl_days * 86_400_000
+
+    @property
+    def ledger_ttl_ms(self) -> int:
+        return self.ledger_ttl_days * 86_400_000
+
+    @property
+    def ledger_pause_ttl_ms(self) -> int:
+        return max(1, round(self.ledger_pause_ttl * 1000))
 
     @property
     def idempotency_ttl_ms(self) -> int:
