@@ -19,10 +19,10 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from app.agent.models import Final, MaxSteps, RunResult
 from app.agent.protocol import (
@@ -41,33 +41,61 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(24)}"
 
 
+INCLUDABLE = Literal[
+    "reasoning.encrypted_content",
+    "message.output_text.logprobs",
+    "message.input_image.image_url",
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+]
+"""OpenAI's `include` values; cascade acts on `reasoning.encrypted_content` and accepts the
+others (there is nothing of theirs to add)."""
+
+
+class TextOptions(BaseModel):
+    """`text`: the output format (checked by `_response_format`) and verbosity."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: dict[str, Any] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
 class ResponsesRequest(BaseModel):
-    """A `POST /v1/responses` body. Unknown fields are ignored (clients send many)."""
+    """A `POST /v1/responses` body. Unknown fields are ignored (clients send many); flags are
+    strict booleans (`"yes"` is not `true`), as OpenAI's are."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    input: str | list[dict[str, Any]] = Field(default_factory=list)
+    input: str | list[Any] = Field(default_factory=list)
     instructions: str | None = None
-    previous_response_id: str | None = None
+    previous_response_id: str | None = Field(default=None, min_length=1, max_length=256)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool = True
+    parallel_tool_calls: StrictBool = True
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     reasoning: dict[str, Any] | None = None
-    text: dict[str, Any] | None = None
-    metadata: dict[str, str] | None = None
-    store: bool = True
-    stream: bool = False
+    text: TextOptions | None = None
+    # OpenAI's limits: 16 pairs, keys up to 64 characters, values up to 512.
+    metadata: (
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None
+    ) = Field(default=None, max_length=16)
+    store: StrictBool = True
+    stream: StrictBool = False
     user: str | None = None
-    include: list[str] | None = None
+    include: list[INCLUDABLE] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
     # --- cascade extensions ---
-    thinking: bool | None = None
+    thinking: StrictBool | None = None
     thinking_budget: int | None = Field(default=None, ge=1)
     server_tools: list[str] | None = None
-    preserve_thinking: bool | None = None
+    preserve_thinking: StrictBool | None = None
 
 
 def _bad(message: str, param: str) -> InvalidRequestError:
@@ -231,6 +259,8 @@ def translate_input(
         if not isinstance(item, dict):
             raise _bad("an input item must be an object", at)
         kind = item.get("type", "message")
+        if not isinstance(kind, str):
+            raise _bad("an input item's type must be a string", f"{at}.type")
         stored = {**item, "type": kind, "id": item.get("id") or new_id(_ID_PREFIX.get(kind, "it"))}
         if kind == "message":
             _message_item(item, at, out, i, pending)
@@ -314,8 +344,8 @@ def _tool_choice(choice: str | dict[str, Any] | None) -> str | dict[str, Any] | 
     )
 
 
-def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
-    fmt = (text or {}).get("format")
+def _response_format(text: TextOptions | None) -> dict[str, Any] | None:
+    fmt = text.format if text is not None else None
     if fmt is None or fmt.get("type") == "text":
         return None
     if fmt.get("type") == "json_object":
@@ -559,6 +589,13 @@ def echo_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     return out
 
 
+def echo_text(text: TextOptions | None) -> dict[str, Any]:
+    """The request's `text` as a `Response` shows it (the format defaults to plain text)."""
+    out = text.model_dump(exclude_none=True) if text is not None else {}
+    out.setdefault("format", {"type": "text"})
+    return out
+
+
 def response_shell(
     req: ResponsesRequest, *, response_id: str, model: str, created_at: int
 ) -> dict[str, Any]:
@@ -581,11 +618,11 @@ def response_shell(
         "reasoning": {"effort": effort, "summary": None},
         "store": req.store,
         "temperature": req.temperature,
-        "text": req.text or {"format": {"type": "text"}},
+        "text": echo_text(req.text),
         "tool_choice": req.tool_choice or "auto",
         "tools": echo_tools(req.tools),
         "top_p": req.top_p,
-        "truncation": "disabled",
+        "truncation": req.truncation or "disabled",
         "usage": None,
         "user": req.user,
         "metadata": req.metadata or {},

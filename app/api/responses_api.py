@@ -35,6 +35,7 @@ from app.agent.models import (
 )
 from app.agent.responses_protocol import (
     ENCRYPTED_REASONING,
+    INCLUDABLE,
     ChatTranslation,
     ResponseEventWriter,
     ResponsesRequest,
@@ -288,9 +289,11 @@ async def list_input_items(
     owner: Owner,
     limit: int = Query(default=20, ge=1, le=100),
     order: Literal["asc", "desc"] = "desc",
-    after: str | None = None,
+    after: str | None = Query(default=None, max_length=256),
+    include: list[INCLUDABLE] | None = Query(default=None),  # noqa: B008
 ) -> JSONResponse:
-    """The response's input items (OpenAI's list shape), newest first unless `order=asc`."""
+    """The response's input items (OpenAI's list shape), newest first unless `order=asc`.
+    `include` is checked and has nothing to add: the stored items are whole."""
     stored = await _store(services).get(owner, response_id)
     items = stored.input_items if order == "asc" else stored.input_items[::-1]
     if after is not None:
