@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
+from app.agent.context_fit import fit_history
 from app.agent.models import Final, MaxSteps, RunResult
 from app.agent.protocol import (
     ChatRequest,
@@ -431,6 +432,35 @@ def to_chat_request(
     if req.instructions:
         history.insert(0, {"role": "system", "content": req.instructions})
     return ChatTranslation(request=chat, input_items=translation.items, history=history)
+
+
+AUTO_TRUNCATION_ROOM = 1024
+"""Tokens `truncation: "auto"` leaves for the answer when `max_output_tokens` is not given."""
+
+
+def fit_translation(
+    translation: ChatTranslation,
+    req: ResponsesRequest,
+    *,
+    context_length: int,
+    server_schemas: Sequence[dict[str, Any]],
+) -> dict[str, Any] | None:
+    """`truncation: "auto"`: drop the oldest turns of the run's history until the prompt fits
+    `context_length` (`app.agent.context_fit`). Returns what the body says about it (None when
+    nothing was dropped); the stored chain keeps every turn."""
+    tools = [t.model_dump(exclude_none=True) for t in translation.request.tools or []]
+    reserve = (req.max_output_tokens or AUTO_TRUNCATION_ROOM) + (req.thinking_budget or 0)
+    fitted = fit_history(
+        translation.history,
+        translation.request.messages,
+        tools=[*tools, *server_schemas],
+        context_length=context_length,
+        reserve=reserve,
+    )
+    if not fitted.dropped_messages:
+        return None
+    translation.history = fitted.history
+    return {"dropped_turns": fitted.dropped_turns, "dropped_messages": fitted.dropped_messages}
 
 
 # ----------------------------------------------------------------------------- responses

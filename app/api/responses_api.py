@@ -41,6 +41,7 @@ from app.agent.responses_protocol import (
     ResponsesRequest,
     Seal,
     Unseal,
+    fit_translation,
     new_id,
     parse_responses_request,
     response_body,
@@ -139,8 +140,19 @@ async def _open(services: Services, request: Request, owner: str) -> _Turn:
     translation = to_chat_request(
         req, stored_history=previous, available_server_tools=available, unseal=unseal
     )
+    truncated = None
+    if req.truncation == "auto":
+        context = await services.runtime_client.context_length()
+        if context is not None:  # unknown: the runtime's own check decides
+            offered = req.server_tools if req.server_tools is not None else available
+            truncated = fit_translation(
+                translation, req, context_length=context, server_schemas=registry.schemas(offered)
+            )
     model = req.model or await services.runtime.model_name()
-    return _Turn(services, req, owner, translation, previous, model, seal)
+    turn = _Turn(services, req, owner, translation, previous, model, seal)
+    if truncated is not None:
+        turn.shell["cascade"] = {"truncation": truncated}  # what auto truncation dropped
+    return turn
 
 
 def _sealing(
