@@ -33,6 +33,7 @@ from app.agent.models import (
     RunResult,
     ToolProgress,
 )
+from app.agent.responses_approvals import check_resumed
 from app.agent.responses_protocol import (
     ENCRYPTED_REASONING,
     INCLUDABLE,
@@ -47,6 +48,7 @@ from app.agent.responses_protocol import (
     response_body,
     response_shell,
     to_chat_request,
+    tools_listing,
 )
 from app.agent.turn import AssembledTurn, assemble_turn
 from app.api.deps import Owner, ServicesDep
@@ -100,6 +102,14 @@ class _Turn:
             stream=stream,
             history=self.translation.history,
         )
+        answers = self.translation.answers
+        check_resumed(answers, assembled.run.resumed)
+        if answers.pause_id is not None and not await _store(self.services).claim_approval(
+            answers.pause_id
+        ):
+            raise InvalidRequestError(
+                "this approval request is answered already", param="input[0].approval_request_id"
+            )
         # The run's messages start with this turn's input (normalised, images stored).
         return assembled, len(assembled.run.produced)
 
@@ -112,6 +122,11 @@ class _Turn:
                 body=body,
                 input_items=self.translation.input_items,
                 history=[*self.previous, *result.new_messages],
+                items=[
+                    *self.translation.chain_items,
+                    *self.translation.input_items,
+                    *body["output"],
+                ],
             ),
         )
 
@@ -124,6 +139,7 @@ async def _open(services: Services, request: Request, owner: str) -> _Turn:
         raise InvalidRequestError(f"request body: {exc}") from None
     req = parse_responses_request(data)
     previous: list[dict[str, Any]] = []
+    chain_items: list[dict[str, Any]] = []
     if req.previous_response_id is not None:
         try:
             stored = await _store(services).get(owner, req.previous_response_id)
@@ -133,12 +149,16 @@ async def _open(services: Services, request: Request, owner: str) -> _Turn:
                 code="previous_response_not_found",
                 param="previous_response_id",
             ) from None
-        previous = stored.history
+        previous, chain_items = stored.history, stored.chain_items()
     registry, policy = services.registry, services.policy
     available = [n for n in registry.names() if policy.is_enabled(n)]
     seal, unseal = _sealing(services, req, owner)
     translation = to_chat_request(
-        req, stored_history=previous, available_server_tools=available, unseal=unseal
+        req,
+        stored_history=previous,
+        available_server_tools=available,
+        unseal=unseal,
+        chain_items=chain_items,
     )
     truncated = None
     if req.truncation == "auto":
@@ -149,7 +169,7 @@ async def _open(services: Services, request: Request, owner: str) -> _Turn:
                 translation, req, context_length=context, server_schemas=registry.schemas(offered)
             )
     model = req.model or await services.runtime.model_name()
-    turn = _Turn(services, req, owner, translation, previous, model, seal)
+    turn = _Turn(services, req, owner, translation, translation.previous, model, seal)
     if truncated is not None:
         turn.shell["cascade"] = {"truncation": truncated}  # what auto truncation dropped
     return turn
@@ -189,8 +209,16 @@ async def create_response(request: Request, services: ServicesDep, owner: Owner)
     if turn.req.stream:
         return await _streamed(turn)
     assembled, inputs = await turn.assemble(stream=False)
+    listed = _listing(turn, assembled.run)
     result = await assembled.run.run()
-    body = response_body(turn.shell, result, result.new_messages[inputs:], seal=turn.seal)
+    body = response_body(
+        turn.shell,
+        result,
+        result.new_messages[inputs:],
+        seal=turn.seal,
+        approved=turn.translation.answers.approved,
+        listed=listed,
+    )
     await turn.save(result, body)
     return JSONResponse(body)
 
@@ -203,7 +231,8 @@ async def _streamed(turn: _Turn) -> Response:
 
 
 def _call_arguments(run: AgentRun, call_id: str) -> str:
-    for message in reversed(run.produced):
+    # A resumed (approved) call was made in the stored history, not in this run.
+    for message in reversed([*run.history, *run.produced]):
         for call in message.get("tool_calls") or []:
             if call.get("id") == call_id:
                 arguments: str = call["function"]["arguments"]
@@ -219,11 +248,23 @@ def _call_output(run: AgentRun, call_id: str) -> str | None:
     return None
 
 
+def _listing(turn: _Turn, run: AgentRun) -> dict[str, Any] | None:
+    return tools_listing(run.tool_defs, run.server_names, turn.translation.chain_items)
+
+
+def _may_pause(services: Services, name: str) -> bool:
+    """Whether a call of the tool `name` may wait for approval (only write tools do)."""
+    tool = services.registry.get(name)
+    return tool is not None and tool.side_effect == "write"
+
+
 async def _stream(turn: _Turn) -> AsyncGenerator[bytes, None]:
     """The one owner of a streamed response: its run, its events and its end."""
     assembled, _ = await turn.assemble(stream=True)
     run = assembled.run
-    writer = ResponseEventWriter(turn.shell, seal=turn.seal)
+    writer = ResponseEventWriter(
+        turn.shell, seal=turn.seal, approved=turn.translation.answers.approved
+    )
     result: RunResult | None = None
     started = False
     try:
@@ -232,7 +273,7 @@ async def _stream(turn: _Turn) -> AsyncGenerator[bytes, None]:
                 out: list[bytes] = []
                 if not started:
                     started = True
-                    out += writer.start()
+                    out += writer.start(_listing(turn, run))
                 if isinstance(event, ContentDelta):
                     out += writer.content(event.text)
                 elif isinstance(event, ReasoningDelta):
@@ -242,7 +283,12 @@ async def _stream(turn: _Turn) -> AsyncGenerator[bytes, None]:
                 elif isinstance(event, ToolProgress):
                     if event.status == "started":
                         arguments = _call_arguments(run, event.call_id)
-                        out += writer.tool_started(event.call_id, event.name, arguments)
+                        out += writer.tool_started(
+                            event.call_id,
+                            event.name,
+                            arguments,
+                            may_pause=_may_pause(turn.services, event.name),
+                        )
                     else:
                         output = _call_output(run, event.call_id)
                         out += writer.tool_finished(

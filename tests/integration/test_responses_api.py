@@ -66,7 +66,8 @@ def test_a_plain_answer_is_a_valid_response_with_output_text(
     assert body.usage.total_tokens == body.usage.input_tokens + body.usage.output_tokens
     response = client.responses.create(model="m", input="hello")
     assert response.output_text == "Hi! How can I help?"
-    assert [item.type for item in response.output] == ["message"]
+    # The server tools offered by default are listed first, once per chain.
+    assert [item.type for item in response.output] == ["mcp_list_tools", "message"]
 
 
 def test_reasoning_is_a_reasoning_item_and_effort_turns_thinking_on(
@@ -76,8 +77,8 @@ def test_reasoning_is_a_reasoning_item_and_effort_turns_thinking_on(
     response = client.responses.create(
         model="m", input="what colour is the sky", reasoning={"effort": "low"}
     )
-    assert [item.type for item in response.output] == ["reasoning", "message"]
-    reasoning = response.output[0]
+    assert [item.type for item in response.output] == ["mcp_list_tools", "reasoning", "message"]
+    reasoning = response.output[1]
     assert reasoning.type == "reasoning" and reasoning.summary == []
     assert reasoning.content is not None
     assert reasoning.content[0].type == "reasoning_text"
@@ -295,6 +296,10 @@ def test_a_streamed_answer_is_the_responses_event_sequence(
         "response.created",
         "response.in_progress",
         "response.output_item.added",
+        "response.mcp_list_tools.in_progress",
+        "response.mcp_list_tools.completed",
+        "response.output_item.done",
+        "response.output_item.added",
         "response.content_part.added",
         "response.reasoning_text.delta",
         "response.reasoning_text.done",
@@ -311,7 +316,7 @@ def test_a_streamed_answer_is_the_responses_event_sequence(
     text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     final = Response.model_validate(events[-1]["response"])
     assert final.output_text == text and text.strip() == "Blue sky."
-    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert [item.type for item in final.output] == ["mcp_list_tools", "reasoning", "message"]
     stored = httpx.get(f"{cascade.url}/v1/responses/{final.id}", timeout=10).json()
     assert stored["output"] == events[-1]["response"]["output"]
 
@@ -354,12 +359,22 @@ def test_a_streamed_server_tool_step_is_an_mcp_call(cascade: Cascade, sim: SimHa
     sim.sim.add_rule(Rule(output="It is value-of-a."))
     events = stream_events(cascade, {"input": "look a up", "server_tools": ["lookup"]})
     final = Response.model_validate(events[-1]["response"])
-    assert [item.type for item in final.output] == ["mcp_call", "message"]
-    mcp = final.output[0]
+    assert [item.type for item in final.output] == ["mcp_list_tools", "mcp_call", "message"]
+    assert [t.name for t in final.output[0].tools] == ["lookup"]  # type: ignore[union-attr]
+    mcp = final.output[1]
     assert mcp.type == "mcp_call" and mcp.server_label == "cascade" and mcp.name == "lookup"
     assert json.loads(mcp.arguments) == {"key": "a"} and mcp.output == "value-of-a"
     kinds = [e["type"] for e in events]
-    assert kinds.index("response.mcp_call.in_progress") < kinds.index("response.mcp_call.completed")
+    start = kinds.index("response.mcp_call_arguments.delta") - 1
+    assert kinds[start : start + 6] == [
+        "response.output_item.added",
+        "response.mcp_call_arguments.delta",
+        "response.mcp_call_arguments.done",
+        "response.mcp_call.in_progress",
+        "response.mcp_call.completed",
+        "response.output_item.done",
+    ]
+    assert events[start + 2]["arguments"] == mcp.arguments
 
 
 def test_a_server_tool_step_is_an_mcp_call_unstreamed(
@@ -371,8 +386,8 @@ def test_a_server_tool_step_is_an_mcp_call_unstreamed(
     response = client.responses.create(
         model="m", input="look b up", extra_body={"server_tools": ["lookup"]}
     )
-    assert [item.type for item in response.output] == ["mcp_call", "message"]
-    assert response.output[0].output == "value-of-b"  # type: ignore[union-attr]
+    assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_call", "message"]
+    assert response.output[1].output == "value-of-b"  # type: ignore[union-attr]
 
 
 # ----------------------------------------------------------------------------- 4: function tools
