@@ -129,3 +129,75 @@ def test_truncation_defaults_to_disabled_and_tool_settings_are_echoed(client: Op
         tool_choice="none",  # type: ignore[list-item]
     )
     assert required.tool_choice == "none"
+
+
+def test_item_references_resolve_against_the_whole_stored_chain(
+    client: OpenAI, sim: SimHandle
+) -> None:
+    sim.sim.add_rule(Rule(match="alpha", output="Alpha noted.", times=1))
+    sim.sim.add_rule(Rule(output="Done."))
+    first = client.responses.create(model="m", input="remember alpha", extra_body=NO_TOOLS)
+    said = next(item for item in first.output if item.type == "message")
+    asked = client.responses.input_items.list(first.id).data[0]
+    second = client.responses.create(
+        model="m", input="next", previous_response_id=first.id, extra_body=NO_TOOLS
+    )
+    third = client.responses.create(
+        model="m",
+        input=[
+            {"type": "item_reference", "id": asked.id},
+            {"type": "item_reference", "id": said.id},
+            {"role": "user", "content": "again"},
+        ],
+        previous_response_id=second.id,
+        extra_body=NO_TOOLS,
+    )
+    assert third.output_text == "Done."
+    sent = [(m["role"], m["content"]) for m in sim.sim.requests[-1].body["messages"]]
+    assert sent[-3:] == [
+        ("user", "remember alpha"),
+        ("assistant", "Alpha noted."),
+        ("user", "again"),
+    ]
+    listed = client.responses.input_items.list(third.id, order="asc").data
+    assert [item.id for item in listed][:2] == [asked.id, said.id]  # stored resolved
+    with pytest.raises(openai.BadRequestError) as unknown:
+        client.responses.create(
+            model="m",
+            input=[{"type": "item_reference", "id": "msg_unknown"}],
+            previous_response_id=third.id,
+            extra_body=NO_TOOLS,
+        )
+    assert unknown.value.body["param"] == "input[0].id"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as unchained:
+        client.responses.create(
+            model="m", input=[{"type": "item_reference", "id": said.id}], extra_body=NO_TOOLS
+        )
+    assert unchained.value.body["param"] == "input[0].id"  # type: ignore[index]
+
+
+def test_server_tools_are_listed_once_per_chain(client: OpenAI, sim: SimHandle) -> None:
+    first = client.responses.create(
+        model="m", input="hi", extra_body={"server_tools": ["calculator"]}
+    )
+    listing = first.output[0]
+    assert listing.type == "mcp_list_tools" and listing.server_label == "cascade"
+    assert [(t.name, bool(t.description)) for t in listing.tools] == [("calculator", True)]
+    assert listing.tools[0].input_schema["type"] == "object"  # type: ignore[index]
+    same = client.responses.create(
+        model="m",
+        input="again",
+        previous_response_id=first.id,
+        extra_body={"server_tools": ["calculator"]},
+    )
+    assert "mcp_list_tools" not in [item.type for item in same.output]
+    changed = client.responses.create(
+        model="m",
+        input="more",
+        previous_response_id=same.id,
+        extra_body={"server_tools": ["clock"]},
+    )
+    assert changed.output[0].type == "mcp_list_tools"
+    assert [t.name for t in changed.output[0].tools] == ["clock"]  # type: ignore[union-attr]
+    plain = client.responses.create(model="m", input="none", extra_body=NO_TOOLS)
+    assert [item.type for item in plain.output] == ["message"]
