@@ -8,7 +8,11 @@
   response only, `{"type": "web_search"}` the server tool `web_search`. Problems are an
   `InvalidRequestError` naming the field (`input[2].call_id`, `tools[0].name`, ...).
 - Responses: `response_body` builds a `Response` from a run's new messages; server tool steps
-  are `mcp_call` items with `server_label: "cascade"`.
+  are `mcp_call` items with `server_label: "cascade"`, the server tools offered an
+  `mcp_list_tools` item (once per chain), a paused write call an `mcp_approval_request`
+  (answered by `mcp_approval_response` input: `app.agent.responses_approvals`).
+- `item_reference` inputs name items of the stored chain; `truncation: "auto"` drops the run's
+  oldest turns to fit the runtime's context window (`fit_translation`).
 - Stream events: `ResponseEventWriter`, the Responses event sequence built from the run's
   stream events, with a strictly increasing `sequence_number`.
 """

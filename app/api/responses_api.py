@@ -5,7 +5,8 @@ and runs it through `assemble_turn`, like the chat door. With `previous_response
 stored history is the run's history (one read); `instructions` apply to this response only.
 With `store` (the default) the response, its input items and the chain's history so far are
 kept for `response_ttl_days`; `store: false` keeps nothing. Stored responses are the caller's
-only: another key's id answers 404, like an unknown one.
+only: another key's id answers 404, like an unknown one. Approval responses are answered once
+per pause (`ResponseStore.claim_approval`, taken right before the run).
 
 Streaming (`stream: true`) sends the Responses event sequence; the HTTP response starts only
 with the run's first event (a runtime that is down is a 503), and a client that disconnects
