@@ -8,7 +8,11 @@
   response only, `{"type": "web_search"}` the server tool `web_search`. Problems are an
   `InvalidRequestError` naming the field (`input[2].call_id`, `tools[0].name`, ...).
 - Responses: `response_body` builds a `Response` from a run's new messages; server tool steps
-  are `mcp_call` items with `server_label: "cascade"`.
+  are `mcp_call` items with `server_label: "cascade"`, the server tools offered an
+  `mcp_list_tools` item (once per chain), a paused write call an `mcp_approval_request`
+  (answered by `mcp_approval_response` input: `app.agent.responses_approvals`).
+- `item_reference` inputs name items of the stored chain; `truncation: "auto"` drops the run's
+  oldest turns to fit the runtime's context window (`fit_translation`).
 - Stream events: `ResponseEventWriter`, the Responses event sequence built from the run's
   stream events, with a strictly increasing `sequence_number`.
 """
@@ -19,17 +23,25 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from app.agent.models import Final, MaxSteps, RunResult
+from app.agent.context_fit import fit_history
+from app.agent.models import Final, MaxSteps, Paused, RunResult
 from app.agent.protocol import (
     ChatRequest,
     check_messages,
     check_tool_offer,
     check_tool_results,
+)
+from app.agent.responses_approvals import (
+    Answers,
+    ApprovalRequest,
+    answer_approvals,
+    approval_requests,
+    check_approval_item,
 )
 from app.errors import InvalidRequestError
 
@@ -41,34 +53,62 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(24)}"
 
 
+INCLUDABLE = Literal[
+    "reasoning.encrypted_content",
+    "message.output_text.logprobs",
+    "message.input_image.image_url",
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+]
+"""OpenAI's `include` values; cascade acts on `reasoning.encrypted_content` and accepts the
+others (there is nothing of theirs to add)."""
+
+
+class TextOptions(BaseModel):
+    """`text`: the output format (checked by `_response_format`) and verbosity."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: dict[str, Any] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
 class ResponsesRequest(BaseModel):
-    """A `POST /v1/responses` body. Unknown fields are ignored (clients send many)."""
+    """A `POST /v1/responses` body. Unknown fields are ignored (clients send many); flags are
+    strict booleans (`"yes"` is not `true`), as OpenAI's are."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    input: str | list[dict[str, Any]] = Field(default_factory=list)
+    input: str | list[Any] = Field(default_factory=list)
     instructions: str | None = None
-    previous_response_id: str | None = None
+    previous_response_id: str | None = Field(default=None, min_length=1, max_length=256)
     conversation: str | dict[str, Any] | None = None  # an id or {"id": ...}
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool = True
+    parallel_tool_calls: StrictBool = True
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     reasoning: dict[str, Any] | None = None
-    text: dict[str, Any] | None = None
-    metadata: dict[str, str] | None = None
-    store: bool = True
-    stream: bool = False
+    text: TextOptions | None = None
+    # OpenAI's limits: 16 pairs, keys up to 64 characters, values up to 512.
+    metadata: (
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None
+    ) = Field(default=None, max_length=16)
+    store: StrictBool = True
+    stream: StrictBool = False
     user: str | None = None
-    include: list[str] | None = None
+    include: list[INCLUDABLE] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
     # --- cascade extensions ---
-    thinking: bool | None = None
+    thinking: StrictBool | None = None
     thinking_budget: int | None = Field(default=None, ge=1)
     server_tools: list[str] | None = None
-    preserve_thinking: bool | None = None
+    preserve_thinking: StrictBool | None = None
 
 
 def _bad(message: str, param: str) -> InvalidRequestError:
@@ -138,6 +178,7 @@ class _Translation:
     messages: list[dict[str, Any]] = field(default_factory=list)
     origin: list[int] = field(default_factory=list)  # input index of each message
     items: list[dict[str, Any]] = field(default_factory=list)  # the input as stored items
+    approvals: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # index, item
 
     def add(self, message: dict[str, Any], index: int) -> None:
         self.messages.append(message)
@@ -209,10 +250,36 @@ def _call_item(
         )
 
 
+def _referenced(
+    item: dict[str, Any], at: str, references: dict[str, dict[str, Any]] | None
+) -> dict[str, Any]:
+    """The stored chain item an `item_reference` names."""
+    item_id = item.get("id")
+    if not isinstance(item_id, str) or not item_id:
+        raise _bad("an item_reference needs a string id", f"{at}.id")
+    if references is None:
+        raise _bad(
+            "item_reference needs a stored previous response: its items are what it can name",
+            f"{at}.id",
+        )
+    found = references.get(item_id)
+    if found is None:
+        raise _bad(f"no item {item_id[:100]!r} in this response chain", f"{at}.id")
+    return dict(found)
+
+
 def translate_input(
-    input_: str | list[dict[str, Any]], *, unseal: Unseal | None = None
+    input_: str | list[Any],
+    *,
+    unseal: Unseal | None = None,
+    references: dict[str, dict[str, Any]] | None = None,
 ) -> _Translation:
-    """`input` → chat messages, and the input items as `input_items` lists them (with ids)."""
+    """`input` → chat messages, and the input items as `input_items` lists them (with ids).
+
+    `references` are the stored chain's items by id (None without a stored chain): an
+    `item_reference` stands for the item it names. Approval responses are collected apart
+    (`approvals`); `mcp_list_tools` and `mcp_approval_request` items (a client sending back
+    earlier output) are kept as items and carry nothing for the model."""
     out = _Translation()
     if isinstance(input_, str):
         out.add({"role": "user", "content": input_}, 0)
@@ -232,6 +299,11 @@ def translate_input(
         if not isinstance(item, dict):
             raise _bad("an input item must be an object", at)
         kind = item.get("type", "message")
+        if kind == "item_reference":
+            item = _referenced(item, at, references)
+            kind = item.get("type", "message")
+        if not isinstance(kind, str):
+            raise _bad("an input item's type must be a string", f"{at}.type")
         stored = {**item, "type": kind, "id": item.get("id") or new_id(_ID_PREFIX.get(kind, "it"))}
         if kind == "message":
             _message_item(item, at, out, i, pending)
@@ -247,6 +319,11 @@ def translate_input(
                 raise _bad("a function_call_output needs a string call_id", f"{at}.call_id")
             output = _text_of(item.get("output"), f"{at}.output")
             out.add({"role": "tool", "tool_call_id": call_id, "content": output}, i)
+        elif kind == "mcp_approval_response":
+            check_approval_item(item, at)
+            out.approvals.append((i, item))
+        elif kind in ("mcp_list_tools", "mcp_approval_request"):
+            pass  # earlier output sent back: the model saw the tools and the pause already
         elif kind == "reasoning":
             sealed = item.get("encrypted_content")
             if sealed is not None:
@@ -263,8 +340,9 @@ def translate_input(
                 pending.append(_text_of(content, f"{at}.content"))
         else:
             raise _bad(
-                f"{at}.type must be message, function_call, function_call_output, reasoning "
-                "or mcp_call",
+                f"{at}.type must be message, function_call, function_call_output, reasoning, "
+                "mcp_call, mcp_approval_response, mcp_list_tools, mcp_approval_request or "
+                "item_reference",
                 f"{at}.type",
             )
         out.items.append(stored)
@@ -277,6 +355,9 @@ _ID_PREFIX = {
     "function_call_output": "fco",
     "reasoning": "rs",
     "mcp_call": "mcp",
+    "mcp_approval_response": "mcpr",
+    "mcp_list_tools": "mcpl",
+    "mcp_approval_request": "mcpa",
 }
 
 
@@ -315,8 +396,8 @@ def _tool_choice(choice: str | dict[str, Any] | None) -> str | dict[str, Any] | 
     )
 
 
-def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
-    fmt = (text or {}).get("format")
+def _response_format(text: TextOptions | None) -> dict[str, Any] | None:
+    fmt = text.format if text is not None else None
     if fmt is None or fmt.get("type") == "text":
         return None
     if fmt.get("type") == "json_object":
@@ -348,6 +429,11 @@ class ChatTranslation:
     request: ChatRequest
     input_items: list[dict[str, Any]]
     history: list[dict[str, Any]]  # what the run sees before the new messages
+    # The chain's stored history as this response continues it (declined calls answered),
+    # which its own stored history starts with.
+    previous: list[dict[str, Any]] = field(default_factory=list)
+    chain_items: list[dict[str, Any]] = field(default_factory=list)  # the chain's, before
+    answers: Answers = field(default_factory=Answers)
 
 
 def to_chat_request(
@@ -356,10 +442,20 @@ def to_chat_request(
     stored_history: Sequence[dict[str, Any]],
     available_server_tools: Sequence[str],
     unseal: Unseal | None = None,
+    chain_items: Sequence[dict[str, Any]] = (),
 ) -> ChatTranslation:
-    """The `ChatRequest` of one response, over the chain's `stored_history` (empty without
-    `previous_response_id`). `instructions` lead the run's history and are never stored."""
-    translation = translate_input(req.input, unseal=unseal)
+    """The `ChatRequest` of one response, over the chain's `stored_history` and `chain_items`
+    (empty without `previous_response_id`). `instructions` lead the run's history and are
+    never stored. Approval responses are answered as `app.agent.responses_approvals` says."""
+    chained = req.previous_response_id is not None
+    references = {i["id"]: i for i in reversed(chain_items) if "id" in i} if chained else None
+    translation = translate_input(req.input, unseal=unseal, references=references)
+    answers = answer_approvals(
+        translation.approvals,
+        stored_history if chained else None,
+        other_input=translation.origin[0] if translation.origin else None,
+    )
+    previous = [*stored_history, *answers.declined]
     client_tools, server_tools = _chat_tools(req.tools or [], available_server_tools)
     if req.server_tools is not None:
         server_tools = [*server_tools, *(n for n in req.server_tools if n not in server_tools)]
@@ -379,9 +475,19 @@ def to_chat_request(
         "thinking_budget": req.thinking_budget,
         "server_tools": server_tools if (server_tools or req.server_tools is not None) else None,
         "preserve_thinking": req.preserve_thinking,
+        "confirm_tool_calls": answers.confirm,
     }
+    if not translation.messages and answers.pause_id is None:
+        raise _bad("input must not be empty", "input")
     try:
-        chat = ChatRequest.model_validate(data)
+        if translation.messages:
+            chat = ChatRequest.model_validate(data)
+        else:
+            # Only answers to a pause: the run resumes from the stored chain with no new
+            # message, as a session turn confirming a pause does (which is the one empty turn
+            # ChatRequest allows, so it is validated as one and the stand-in id dropped).
+            stand_in = {**data, "session_id": "sess_" + "0" * 24}
+            chat = ChatRequest.model_validate(stand_in).model_copy(update={"session_id": None})
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ()))
@@ -395,13 +501,49 @@ def to_chat_request(
     try:
         check_messages(chat.messages)
         check_tool_offer(chat)
-        check_tool_results(list(stored_history), chat.messages)
+        check_tool_results(previous, chat.messages)
     except InvalidRequestError as exc:
         raise _renamed(exc, translation.origin) from None
-    history = list(stored_history)
+    history = list(previous)
     if req.instructions:
         history.insert(0, {"role": "system", "content": req.instructions})
-    return ChatTranslation(request=chat, input_items=translation.items, history=history)
+    return ChatTranslation(
+        request=chat,
+        input_items=translation.items,
+        history=history,
+        previous=previous,
+        chain_items=list(chain_items),
+        answers=answers,
+    )
+
+
+AUTO_TRUNCATION_ROOM = 1024
+"""Tokens `truncation: "auto"` leaves for the answer when `max_output_tokens` is not given."""
+
+
+def fit_translation(
+    translation: ChatTranslation,
+    req: ResponsesRequest,
+    *,
+    context_length: int,
+    server_schemas: Sequence[dict[str, Any]],
+) -> dict[str, Any] | None:
+    """`truncation: "auto"`: drop the oldest turns of the run's history until the prompt fits
+    `context_length` (`app.agent.context_fit`). Returns what the body says about it (None when
+    nothing was dropped); the stored chain keeps every turn."""
+    tools = [t.model_dump(exclude_none=True) for t in translation.request.tools or []]
+    reserve = (req.max_output_tokens or AUTO_TRUNCATION_ROOM) + (req.thinking_budget or 0)
+    fitted = fit_history(
+        translation.history,
+        translation.request.messages,
+        tools=[*tools, *server_schemas],
+        context_length=context_length,
+        reserve=reserve,
+    )
+    if not fitted.dropped_messages:
+        return None
+    translation.history = fitted.history
+    return {"dropped_turns": fitted.dropped_turns, "dropped_messages": fitted.dropped_messages}
 
 
 # ----------------------------------------------------------------------------- responses
@@ -495,16 +637,77 @@ def mcp_call_item(
     }
 
 
+def tools_listing(
+    tool_defs: Sequence[dict[str, Any]],
+    server_names: set[str],
+    chain_items: Sequence[dict[str, Any]],
+) -> dict[str, Any] | None:
+    """The `mcp_list_tools` item of the server tools a run offers (from its `tool_defs`), or
+    None: when it offers none, or when the chain's last listing named the same tools already
+    (a chain lists its tools once, and again only when they change)."""
+    offered = [t["function"] for t in tool_defs if t["function"]["name"] in server_names]
+    if not offered:
+        return None
+    names = sorted(f["name"] for f in offered)
+    for item in reversed(chain_items):
+        if item.get("type") == "mcp_list_tools" and item.get("server_label") == SERVER_LABEL:
+            if sorted(t.get("name") for t in item.get("tools") or []) == names:
+                return None
+            break
+    return {
+        "id": new_id("mcpl"),
+        "type": "mcp_list_tools",
+        "server_label": SERVER_LABEL,
+        "tools": [
+            {
+                "name": f["name"],
+                "input_schema": f.get("parameters") or {"type": "object"},
+                "description": f.get("description"),
+            }
+            for f in offered
+        ],
+    }
+
+
+def approval_request_item(request: ApprovalRequest) -> dict[str, Any]:
+    return {
+        "id": request.id,
+        "type": "mcp_approval_request",
+        "server_label": SERVER_LABEL,
+        "name": request.name,
+        "arguments": request.arguments,
+    }
+
+
 def output_items(
-    produced: Sequence[dict[str, Any]], client_call_ids: set[str], *, seal: Seal | None = None
+    produced: Sequence[dict[str, Any]],
+    client_call_ids: set[str],
+    *,
+    seal: Seal | None = None,
+    approved: Sequence[ApprovalRequest] = (),
 ) -> list[dict[str, Any]]:
     """The output items of a run's produced messages (assistant turns and tool results; the
-    loop's own user messages are not output)."""
+    loop's own user messages are not output). Calls the run paused on are approval requests;
+    the `approved` calls it resumed with are `mcp_call` items naming their approval."""
     results = {m.get("tool_call_id"): m.get("content") for m in produced if m.get("role") == "tool"}
     items: list[dict[str, Any]] = []
+    for request in approved:
+        output = results.get(request.call_id)
+        items.append(
+            {
+                **mcp_call_item(
+                    request.name,
+                    request.arguments,
+                    output if isinstance(output, str) else None,
+                    status="completed" if request.call_id in results else "in_progress",
+                ),
+                "approval_request_id": request.id,
+            }
+        )
     for message in produced:
         if message.get("role") != "assistant":
             continue
+        paused = {r.call_id: r for r in approval_requests(message)}
         if message.get("reasoning_content"):
             items.append(reasoning_item(message["reasoning_content"], seal=seal))
         truncated = bool((message.get("meta") or {}).get("truncated"))
@@ -517,6 +720,8 @@ def output_items(
                 items.append(
                     function_call_item(call["id"], function["name"], function["arguments"])
                 )
+            elif call["id"] in paused:
+                items.append(approval_request_item(paused[call["id"]]))
             else:
                 output = results.get(call["id"])
                 items.append(
@@ -560,6 +765,13 @@ def echo_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     return out
 
 
+def echo_text(text: TextOptions | None) -> dict[str, Any]:
+    """The request's `text` as a `Response` shows it (the format defaults to plain text)."""
+    out = text.model_dump(exclude_none=True) if text is not None else {}
+    out.setdefault("format", {"type": "text"})
+    return out
+
+
 def response_shell(
     req: ResponsesRequest, *, response_id: str, model: str, created_at: int
 ) -> dict[str, Any]:
@@ -582,11 +794,11 @@ def response_shell(
         "reasoning": {"effort": effort, "summary": None},
         "store": req.store,
         "temperature": req.temperature,
-        "text": req.text or {"format": {"type": "text"}},
+        "text": echo_text(req.text),
         "tool_choice": req.tool_choice or "auto",
         "tools": echo_tools(req.tools),
         "top_p": req.top_p,
-        "truncation": "disabled",
+        "truncation": req.truncation or "disabled",
         "usage": None,
         "user": req.user,
         "metadata": req.metadata or {},
@@ -613,11 +825,15 @@ def response_body(
     produced: Sequence[dict[str, Any]],
     *,
     seal: Seal | None = None,
+    approved: Sequence[ApprovalRequest] = (),
+    listed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The finished `Response` of a run whose new (non-input) messages are `produced`;
-    with `seal`, reasoning items carry their text sealed as `encrypted_content`."""
+    with `seal`, reasoning items carry their text sealed as `encrypted_content`; `approved`
+    as in `output_items`; `listed`, the server tools' `mcp_list_tools` item, comes first."""
     client_ids = {c.id for c in result.client_tool_calls}
-    return finish_response(shell, result, output_items(produced, client_ids, seal=seal))
+    items = output_items(produced, client_ids, seal=seal, approved=approved)
+    return finish_response(shell, result, [listed, *items] if listed else items)
 
 
 def serialise(event: dict[str, Any]) -> bytes:
@@ -643,9 +859,21 @@ class ResponseEventWriter:
     At most one text item (reasoning or message) is open at a time, and client function calls
     stay open until another item starts; every item is closed (its `.done` events sent) before
     the response's last event. `sequence_number` grows by one per event.
+
+    A server tool call is an `mcp_call` item: added, its arguments (`mcp_call_arguments`
+    delta and done), `mcp_call.in_progress`, then `completed` or `failed` and done. A call that
+    may wait for approval (a write tool) is held back until its outcome is known: run, it is
+    sent whole then; paused, it becomes an `mcp_approval_request` item at the end, when the
+    run's pause id (the request's id) exists.
     """
 
-    def __init__(self, shell: dict[str, Any], *, seal: Seal | None = None) -> None:
+    def __init__(
+        self,
+        shell: dict[str, Any],
+        *,
+        seal: Seal | None = None,
+        approved: Sequence[ApprovalRequest] = (),
+    ) -> None:
         self.shell = shell
         self.seal = seal
         self.output: list[dict[str, Any]] = []
@@ -653,6 +881,8 @@ class ResponseEventWriter:
         self._text: _Open | None = None
         self._calls: dict[int, _Open] = {}
         self._mcp: dict[str, _Open] = {}
+        self._held: dict[str, tuple[str, str]] = {}  # call id → name, arguments
+        self._approval = {r.call_id: r.id for r in approved}
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         event = {"type": kind, "sequence_number": self._seq, **fields}
@@ -666,11 +896,22 @@ class ResponseEventWriter:
             "response.output_item.added", output_index=opened.index, item=dict(item)
         )
 
-    def start(self) -> list[bytes]:
-        return [
+    def start(self, listed: dict[str, Any] | None = None) -> list[bytes]:
+        """The first events; with `listed`, the server tools' `mcp_list_tools` item."""
+        out = [
             self._event("response.created", response=self.shell),
             self._event("response.in_progress", response=self.shell),
         ]
+        if listed is not None:
+            opened, added = self._add(listed)
+            at = {"item_id": listed["id"], "output_index": opened.index}
+            out += [
+                added,
+                self._event("response.mcp_list_tools.in_progress", **at),
+                self._event("response.mcp_list_tools.completed", **at),
+                self._event("response.output_item.done", output_index=opened.index, item=listed),
+            ]
+        return out
 
     def _close_text(self) -> list[bytes]:
         opened, self._text = self._text, None
@@ -772,36 +1013,75 @@ class ResponseEventWriter:
             )
         return out
 
-    def tool_started(self, call_id: str, name: str, arguments: str) -> list[bytes]:
+    def _mcp_item(self, call_id: str, item: dict[str, Any]) -> dict[str, Any]:
+        approval = self._approval.get(call_id)
+        return {**item, "approval_request_id": approval} if approval else item
+
+    def tool_started(
+        self, call_id: str, name: str, arguments: str, *, may_pause: bool = False
+    ) -> list[bytes]:
         out = self._close_text() + self._close_calls()
-        opened, added = self._add(mcp_call_item(name, arguments, None, status="in_progress"))
+        if may_pause and call_id not in self._approval:
+            self._held[call_id] = (name, arguments)
+            return out
+        item = self._mcp_item(call_id, mcp_call_item(name, "", None, status="in_progress"))
+        opened, added = self._add(item)
+        item["arguments"] = arguments
         self._mcp[call_id] = opened
-        at = {"item_id": opened.item["id"], "output_index": opened.index}
-        return [*out, added, self._event("response.mcp_call.in_progress", **at)]
+        at = {"item_id": item["id"], "output_index": opened.index}
+        out.append(added)
+        if arguments:
+            out.append(self._event("response.mcp_call_arguments.delta", delta=arguments, **at))
+        out.append(self._event("response.mcp_call_arguments.done", arguments=arguments, **at))
+        return [*out, self._event("response.mcp_call.in_progress", **at)]
 
     def tool_finished(self, call_id: str, output: str | None, *, failed: bool) -> list[bytes]:
+        """A call's end; `output` None for a call the run paused on (it has no result)."""
+        out: list[bytes] = []
+        held = self._held.pop(call_id, None)
+        if held is not None:
+            if output is None:
+                return []  # paused: its approval request is sent by `finish`
+            out += self.tool_started(call_id, *held)
         opened = self._mcp.pop(call_id, None)
         if opened is None:
-            return []
+            return out
         item = opened.item
-        done = mcp_call_item(
-            item["name"],
-            item["arguments"],
-            output,
-            item_id=item["id"],
-            status="failed" if failed else "completed",
+        done = self._mcp_item(
+            call_id,
+            mcp_call_item(
+                item["name"],
+                item["arguments"],
+                output,
+                item_id=item["id"],
+                status="failed" if failed else "completed",
+            ),
         )
         self.output[opened.index] = done
         at = {"item_id": item["id"], "output_index": opened.index}
         kind = "response.mcp_call.failed" if failed else "response.mcp_call.completed"
         return [
+            *out,
             self._event(kind, **at),
             self._event("response.output_item.done", output_index=opened.index, item=done),
         ]
 
     def finish(self, result: RunResult) -> tuple[dict[str, Any], list[bytes]]:
-        """Close what is open; the finished `Response` and its last events."""
+        """Close what is open (and send a pause's approval requests); the finished `Response`
+        and its last events."""
         out = self._close_text() + self._close_calls()
+        if isinstance(result.end, Paused):
+            for message in reversed(result.new_messages):
+                requests = approval_requests(message) if message.get("role") == "assistant" else []
+                if requests:
+                    for request in requests:
+                        item = approval_request_item(request)
+                        opened, added = self._add(item)
+                        done = self._event(
+                            "response.output_item.done", output_index=opened.index, item=item
+                        )
+                        out += [added, done]
+                    break
         body = finish_response(self.shell, result, self.output)
         kind = "response.completed" if body["status"] == "completed" else "response.incomplete"
         out.append(self._event(kind, response=body))

@@ -5,7 +5,8 @@ and runs it through `assemble_turn`, like the chat door. With `previous_response
 stored history is the run's history (one read); `instructions` apply to this response only.
 With `store` (the default) the response, its input items and the chain's history so far are
 kept for `response_ttl_days`; `store: false` keeps nothing. Stored responses are the caller's
-only: another key's id answers 404, like an unknown one.
+only: another key's id answers 404, like an unknown one. Approval responses are answered once
+per pause (`ResponseStore.claim_approval`, taken right before the run).
 
 With `conversation` (an id or `{"id": ...}`; not with `previous_response_id`) the response is a
 turn of that session: its lock is held while the response runs, its messages are the history,
@@ -38,18 +39,22 @@ from app.agent.models import (
     RunResult,
     ToolProgress,
 )
+from app.agent.responses_approvals import check_resumed
 from app.agent.responses_protocol import (
     ENCRYPTED_REASONING,
+    INCLUDABLE,
     ChatTranslation,
     ResponseEventWriter,
     ResponsesRequest,
     Seal,
     Unseal,
+    fit_translation,
     new_id,
     parse_responses_request,
     response_body,
     response_shell,
     to_chat_request,
+    tools_listing,
 )
 from app.agent.turn import AssembledTurn, assemble_turn
 from app.api.deps import Owner, ServicesDep
@@ -105,7 +110,18 @@ class _Turn:
             stream=stream,
             history=self.translation.history,
             options=self.conversation.options if self.conversation is not None else None,
+            # A stored response continues by its id; only a client that resends the
+            # conversation itself (store: false) is helped by the ledger.
+            ledger=not self.shell["store"],
         )
+        answers = self.translation.answers
+        check_resumed(answers, assembled.run.resumed)
+        if answers.pause_id is not None and not await _store(self.services).claim_approval(
+            answers.pause_id
+        ):
+            raise InvalidRequestError(
+                "this approval request is answered already", param="input[0].approval_request_id"
+            )
         # The run's messages start with this turn's input (normalised, images stored).
         return assembled, len(assembled.run.produced)
 
@@ -119,6 +135,11 @@ class _Turn:
                 body=body,
                 input_items=self.translation.input_items,
                 history=[*self.previous, *result.new_messages],
+                items=[
+                    *self.translation.chain_items,
+                    *self.translation.input_items,
+                    *body["output"],
+                ],
             ),
         )
 
@@ -132,6 +153,7 @@ async def _open(services: Services, request: Request, owner: str) -> _Turn:
     req = parse_responses_request(data)
     previous: list[dict[str, Any]] = []
     conversation = await _open_conversation(services, req, owner)  # first: it excludes the next
+    chain_items: list[dict[str, Any]] = []
     if req.previous_response_id is not None:
         try:
             stored = await _store(services).get(owner, req.previous_response_id)
@@ -141,7 +163,7 @@ async def _open(services: Services, request: Request, owner: str) -> _Turn:
                 code="previous_response_not_found",
                 param="previous_response_id",
             ) from None
-        previous = stored.history
+        previous, chain_items = stored.history, stored.chain_items()
     try:
         if conversation is not None:
             previous = conversation.history
@@ -149,13 +171,30 @@ async def _open(services: Services, request: Request, owner: str) -> _Turn:
         available = [n for n in registry.names() if policy.is_enabled(n)]
         seal, unseal = _sealing(services, req, owner)
         translation = to_chat_request(
-            req, stored_history=previous, available_server_tools=available, unseal=unseal
+            req,
+            stored_history=previous,
+            available_server_tools=available,
+            unseal=unseal,
+            chain_items=chain_items,
         )
+        truncated = None
+        if req.truncation == "auto":
+            context = await services.runtime_client.context_length()
+            if context is not None:  # unknown: the runtime's own check decides
+                offered = req.server_tools if req.server_tools is not None else available
+                truncated = fit_translation(
+                    translation,
+                    req,
+                    context_length=context,
+                    server_schemas=registry.schemas(offered),
+                )
         model = req.model or await services.runtime.model_name()
     except BaseException:
         await _release_conversation(conversation)
         raise
-    turn = _Turn(services, req, owner, translation, previous, model, seal)
+    turn = _Turn(services, req, owner, translation, translation.previous, model, seal)
+    if truncated is not None:
+        turn.shell["cascade"] = {"truncation": truncated}  # what auto truncation dropped
     if conversation is not None:
         _join_conversation(turn, conversation)
     return turn
@@ -270,8 +309,16 @@ async def create_response(request: Request, services: ServicesDep, owner: Owner)
         return await _streamed(turn)
     try:
         assembled, inputs = await turn.assemble(stream=False)
+        listed = _listing(turn, assembled.run)
         result = await assembled.run.run()
-        body = response_body(turn.shell, result, result.new_messages[inputs:], seal=turn.seal)
+        body = response_body(
+            turn.shell,
+            result,
+            result.new_messages[inputs:],
+            seal=turn.seal,
+            approved=turn.translation.answers.approved,
+            listed=listed,
+        )
         await turn.save(result, body)
     finally:
         await _release_conversation(turn.conversation)
@@ -286,7 +333,8 @@ async def _streamed(turn: _Turn) -> Response:
 
 
 def _call_arguments(run: AgentRun, call_id: str) -> str:
-    for message in reversed(run.produced):
+    # A resumed (approved) call was made in the stored history, not in this run.
+    for message in reversed([*run.history, *run.produced]):
         for call in message.get("tool_calls") or []:
             if call.get("id") == call_id:
                 arguments: str = call["function"]["arguments"]
@@ -302,11 +350,32 @@ def _call_output(run: AgentRun, call_id: str) -> str | None:
     return None
 
 
+def _listing(turn: _Turn, run: AgentRun) -> dict[str, Any] | None:
+    """The `mcp_list_tools` item, only for a request that asked for server tools itself
+    (`server_tools`, or a `web_search` tool): as OpenAI lists an MCP server's tools only to a
+    request that named that server, a client that named none sees no foreign item."""
+    req = turn.req
+    asked = req.server_tools is not None or any(
+        tool.get("type") != "function" for tool in req.tools or []
+    )
+    if not asked:
+        return None
+    return tools_listing(run.tool_defs, run.server_names, turn.translation.chain_items)
+
+
+def _may_pause(services: Services, name: str) -> bool:
+    """Whether a call of the tool `name` may wait for approval (only write tools do)."""
+    tool = services.registry.get(name)
+    return tool is not None and tool.side_effect == "write"
+
+
 async def _stream(turn: _Turn) -> AsyncGenerator[bytes, None]:
     """The one owner of a streamed response: its run, its events and its end."""
     assembled, _ = await turn.assemble(stream=True)
     run = assembled.run
-    writer = ResponseEventWriter(turn.shell, seal=turn.seal)
+    writer = ResponseEventWriter(
+        turn.shell, seal=turn.seal, approved=turn.translation.answers.approved
+    )
     result: RunResult | None = None
     started = False
     try:
@@ -315,7 +384,7 @@ async def _stream(turn: _Turn) -> AsyncGenerator[bytes, None]:
                 out: list[bytes] = []
                 if not started:
                     started = True
-                    out += writer.start()
+                    out += writer.start(_listing(turn, run))
                 if isinstance(event, ContentDelta):
                     out += writer.content(event.text)
                 elif isinstance(event, ReasoningDelta):
@@ -325,7 +394,12 @@ async def _stream(turn: _Turn) -> AsyncGenerator[bytes, None]:
                 elif isinstance(event, ToolProgress):
                     if event.status == "started":
                         arguments = _call_arguments(run, event.call_id)
-                        out += writer.tool_started(event.call_id, event.name, arguments)
+                        out += writer.tool_started(
+                            event.call_id,
+                            event.name,
+                            arguments,
+                            may_pause=_may_pause(turn.services, event.name),
+                        )
                     else:
                         output = _call_output(run, event.call_id)
                         out += writer.tool_finished(
@@ -384,9 +458,11 @@ async def list_input_items(
     owner: Owner,
     limit: int = Query(default=20, ge=1, le=100),
     order: Literal["asc", "desc"] = "desc",
-    after: str | None = None,
+    after: str | None = Query(default=None, max_length=256),
+    include: list[INCLUDABLE] | None = Query(default=None),  # noqa: B008
 ) -> JSONResponse:
-    """The response's input items (OpenAI's list shape), newest first unless `order=asc`."""
+    """The response's input items (OpenAI's list shape), newest first unless `order=asc`.
+    `include` is checked and has nothing to add: the stored items are whole."""
     stored = await _store(services).get(owner, response_id)
     items = stored.input_items if order == "asc" else stored.input_items[::-1]
     if after is not None:

@@ -62,6 +62,13 @@ _TOTAL_TOO_LONG = re.compile(
     rb"(\d+) tokens from the input"
 )
 _COMPLETION_TOO_LONG = re.compile(rb"supports at most (\d+) completion tokens")
+# SGLang's tokenizer manager, for a prompt that alone fills the window.
+_INPUT_TOO_LONG = re.compile(rb"is longer than the model's context length \((\d+) tokens\)")
+
+CONTEXT_EXCEEDED = (
+    "the conversation no longer fits the model's context window; start a new session (or fork "
+    "this one earlier) or send shorter input"
+)
 
 
 def context_room(body: bytes, asked: int) -> int | None:
@@ -127,6 +134,7 @@ class SGLangClient:
         self._timeout_ext = timeout.as_dict()
         self._chat_url = httpx.URL(settings.runtime_base + "/v1/chat/completions")
         self._model: str | None = settings.model
+        self._context_length: int | None = None
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -147,6 +155,8 @@ class SGLangClient:
             status=status,
             upstream_message=body[:300].decode("utf-8", "replace"),
         )
+        if status == 400 and _INPUT_TOO_LONG.search(body) is not None:
+            return InvalidRequestError(CONTEXT_EXCEEDED, code="context_length_exceeded")
         if status == 400:
             return InvalidRequestError(
                 "the runtime rejected the request (for example: prompt longer than the context "
@@ -220,11 +230,7 @@ class SGLangClient:
                 break
             await response.aclose()
             if room < MIN_ANSWER_ROOM:
-                raise InvalidRequestError(
-                    "the conversation no longer fits the model's context window; start a new "
-                    "session (or fork this one earlier) or send shorter input",
-                    code="context_length_exceeded",
-                )
+                raise InvalidRequestError(CONTEXT_EXCEEDED, code="context_length_exceeded")
             log.info("max_tokens_fitted", asked=payload["max_completion_tokens"], fitted=room)
             payload = {**payload, "max_completion_tokens": room}
             response = await self._send(url, headers, orjson.dumps(payload), stream=stream)
@@ -445,6 +451,16 @@ class SGLangClient:
         first = models[0] if isinstance(models, list) and models else None
         model_id = first.get("id") if isinstance(first, dict) else None
         return model_id if isinstance(model_id, str) and model_id else None
+
+    async def context_length(self) -> int | None:
+        """The runtime's context window in tokens (`/server_info`'s `context_length`), asked
+        once and kept; None while it cannot be read (asked again next time)."""
+        if self._context_length is None:
+            info = await self.server_info()
+            value = (info or {}).get("context_length")
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                self._context_length = value
+        return self._context_length
 
     async def server_info(self) -> dict[str, Any] | None:
         """The runtime's `/server_info` (its launch settings), or None when unreadable now."""

@@ -66,6 +66,7 @@ def test_a_plain_answer_is_a_valid_response_with_output_text(
     assert body.usage.total_tokens == body.usage.input_tokens + body.usage.output_tokens
     response = client.responses.create(model="m", input="hello")
     assert response.output_text == "Hi! How can I help?"
+    # The server tools offered by default are not listed: the client named none.
     assert [item.type for item in response.output] == ["message"]
 
 
@@ -354,12 +355,22 @@ def test_a_streamed_server_tool_step_is_an_mcp_call(cascade: Cascade, sim: SimHa
     sim.sim.add_rule(Rule(output="It is value-of-a."))
     events = stream_events(cascade, {"input": "look a up", "server_tools": ["lookup"]})
     final = Response.model_validate(events[-1]["response"])
-    assert [item.type for item in final.output] == ["mcp_call", "message"]
-    mcp = final.output[0]
+    assert [item.type for item in final.output] == ["mcp_list_tools", "mcp_call", "message"]
+    assert [t.name for t in final.output[0].tools] == ["lookup"]  # type: ignore[union-attr]
+    mcp = final.output[1]
     assert mcp.type == "mcp_call" and mcp.server_label == "cascade" and mcp.name == "lookup"
     assert json.loads(mcp.arguments) == {"key": "a"} and mcp.output == "value-of-a"
     kinds = [e["type"] for e in events]
-    assert kinds.index("response.mcp_call.in_progress") < kinds.index("response.mcp_call.completed")
+    start = kinds.index("response.mcp_call_arguments.delta") - 1
+    assert kinds[start : start + 6] == [
+        "response.output_item.added",
+        "response.mcp_call_arguments.delta",
+        "response.mcp_call_arguments.done",
+        "response.mcp_call.in_progress",
+        "response.mcp_call.completed",
+        "response.output_item.done",
+    ]
+    assert events[start + 2]["arguments"] == mcp.arguments
 
 
 def test_a_server_tool_step_is_an_mcp_call_unstreamed(
@@ -371,8 +382,8 @@ def test_a_server_tool_step_is_an_mcp_call_unstreamed(
     response = client.responses.create(
         model="m", input="look b up", extra_body={"server_tools": ["lookup"]}
     )
-    assert [item.type for item in response.output] == ["mcp_call", "message"]
-    assert response.output[0].output == "value-of-b"  # type: ignore[union-attr]
+    assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_call", "message"]
+    assert response.output[1].output == "value-of-b"  # type: ignore[union-attr]
 
 
 # ----------------------------------------------------------------------------- 4: function tools
