@@ -14,10 +14,9 @@ aborts the runtime request; nothing is stored for a response that did not finish
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import structlog
@@ -33,141 +32,37 @@ from app.agent.models import (
     RunResult,
     ToolProgress,
 )
-from app.agent.responses_protocol import (
-    ENCRYPTED_REASONING,
-    ChatTranslation,
-    ResponseEventWriter,
-    ResponsesRequest,
-    Seal,
-    Unseal,
-    new_id,
-    parse_responses_request,
-    response_body,
-    response_shell,
-    to_chat_request,
-)
-from app.agent.turn import AssembledTurn, assemble_turn
+from app.agent.responses_protocol import ResponseEventWriter, parse_responses_request
+from app.agent.responses_turn import ResponsesServices, ResponseTurn, open_turn, response_store
 from app.api.deps import Owner, ServicesDep
 from app.api.responses import JSONResponse, list_page
 from app.api.streaming import event_stream, first_event
-from app.errors import CascadeError, InvalidRequestError, NotFoundError
+from app.errors import CascadeError, InvalidRequestError
 from app.jsonbody import JsonBodyError, parse_json
+from app.runtime.guard import Runtime
 from app.services import Services
-from app.sessions.responses_store import ResponseStore, StoredResponse
+from app.sessions.responses_store import ResponseStore
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
 
 
+def _services(services: Services) -> ResponsesServices:
+    return ResponsesServices(turn=services.turn, store=services.responses, sealer=services.sealer)
+
+
 def _store(services: Services) -> ResponseStore:
-    if services.responses is None:
-        raise NotFoundError("responses are not stored on this server (no Redis)")
-    return services.responses
+    return response_store(_services(services))
 
 
-class _Turn:
-    """One response being made: its request, translation, run and where it is stored."""
-
-    def __init__(
-        self,
-        services: Services,
-        req: ResponsesRequest,
-        owner: str,
-        translation: ChatTranslation,
-        previous: list[dict[str, Any]],
-        model: str,
-        seal: Seal | None,
-    ) -> None:
-        self.services = services
-        self.seal = seal  # set when the client asked for reasoning.encrypted_content
-        self.req = req
-        self.owner = owner
-        self.translation = translation
-        self.previous = previous  # the chain's stored history (without instructions)
-        self.shell = response_shell(
-            req, response_id=new_id("resp"), model=model, created_at=int(time.time())
-        )
-        if services.responses is None:
-            self.shell["store"] = False
-
-    async def assemble(self, *, stream: bool) -> tuple[AssembledTurn, int]:
-        assembled = await assemble_turn(
-            self.services.turn,
-            self.translation.request,
-            owner=self.owner,
-            stream=stream,
-            history=self.translation.history,
-        )
-        # The run's messages start with this turn's input (normalised, images stored).
-        return assembled, len(assembled.run.produced)
-
-    async def save(self, result: RunResult, body: dict[str, Any]) -> None:
-        if not self.shell["store"] or self.services.responses is None:
-            return
-        await self.services.responses.put(
-            self.owner,
-            StoredResponse(
-                body=body,
-                input_items=self.translation.input_items,
-                history=[*self.previous, *result.new_messages],
-            ),
-        )
-
-
-async def _open(services: Services, request: Request, owner: str) -> _Turn:
+async def _open(services: Services, request: Request, owner: str) -> ResponseTurn:
     raw = await request.body()
     try:
         data = parse_json(raw)
     except JsonBodyError as exc:
         raise InvalidRequestError(f"request body: {exc}") from None
     req = parse_responses_request(data)
-    previous: list[dict[str, Any]] = []
-    if req.previous_response_id is not None:
-        try:
-            stored = await _store(services).get(owner, req.previous_response_id)
-        except NotFoundError:
-            raise NotFoundError(
-                f"no response {req.previous_response_id!r}",
-                code="previous_response_not_found",
-                param="previous_response_id",
-            ) from None
-        previous = stored.history
-    registry, policy = services.registry, services.policy
-    available = [n for n in registry.names() if policy.is_enabled(n)]
-    seal, unseal = _sealing(services, req, owner)
-    translation = to_chat_request(
-        req, stored_history=previous, available_server_tools=available, unseal=unseal
-    )
-    model = req.model or await services.runtime.model_name()
-    return _Turn(services, req, owner, translation, previous, model, seal)
-
-
-def _sealing(
-    services: Services, req: ResponsesRequest, owner: str
-) -> tuple[Seal | None, Unseal | None]:
-    """Reasoning sealed for the owner (when asked for with `include`), and the opener of the
-    blobs a stateless client hands back. Both need `CASCADE_SECRET_KEY`."""
-    box = services.sealer
-    wanted = ENCRYPTED_REASONING in (req.include or [])
-    if wanted and box is None:
-        raise InvalidRequestError(
-            "reasoning.encrypted_content needs a server key: the operator sets CASCADE_SECRET_KEY",
-            param="include",
-        )
-    if box is None:
-        return None, None
-
-    def seal(text: str) -> str:
-        return box.seal({"text": text}, owner=owner, purpose="reasoning")
-
-    def unseal(blob: str, param: str) -> str:
-        opened = box.open(blob, owner=owner, purpose="reasoning", param=param)
-        text = opened.get("text") if isinstance(opened, dict) else None
-        if not isinstance(text, str):
-            raise InvalidRequestError("encrypted_content holds no reasoning", param=param)
-        return text
-
-    return (seal if wanted else None), unseal
+    return await open_turn(_services(services), req, owner)
 
 
 @router.post("/v1/responses")
@@ -177,12 +72,12 @@ async def create_response(request: Request, services: ServicesDep, owner: Owner)
         return await _streamed(turn)
     assembled, inputs = await turn.assemble(stream=False)
     result = await assembled.run.run()
-    body = response_body(turn.shell, result, result.new_messages[inputs:], seal=turn.seal)
+    body = turn.body(result, inputs)
     await turn.save(result, body)
     return JSONResponse(body)
 
 
-async def _streamed(turn: _Turn) -> Response:
+async def _streamed(turn: ResponseTurn) -> Response:
     """Take the stream's first item before answering: whatever fails before the run's first
     event (400, 503, ...) is an HTTP error."""
     events = _stream(turn)
@@ -206,7 +101,7 @@ def _call_output(run: AgentRun, call_id: str) -> str | None:
     return None
 
 
-async def _stream(turn: _Turn) -> AsyncGenerator[bytes, None]:
+async def _stream(turn: ResponseTurn) -> AsyncGenerator[bytes, None]:
     """The one owner of a streamed response: its run, its events and its end."""
     assembled, _ = await turn.assemble(stream=True)
     run = assembled.run
@@ -252,18 +147,18 @@ async def _stream(turn: _Turn) -> AsyncGenerator[bytes, None]:
     except BaseException:
         # The client went away (closed or cancelled): abort the runtime request.
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-            await _abort(turn.services, run)
+            await _abort(turn.services.turn.runtime, run)
         raise
     for chunk in last:
         yield chunk
 
 
-async def _abort(services: Services, run: AgentRun) -> None:
+async def _abort(runtime: Runtime, run: AgentRun) -> None:
     rid = run.current_rid
     if rid is None:
         return
     try:
-        await services.runtime.abort(rid)
+        await runtime.abort(rid)
     except Exception as exc:  # the runtime may be gone already
         log.warning("abort_failed", exc_type=type(exc).__name__)
     log.info("responses_stream_interrupted", rid=rid)
