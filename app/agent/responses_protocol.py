@@ -61,6 +61,7 @@ class ResponsesRequest(BaseModel):
     metadata: dict[str, str] | None = None
     store: bool = True
     stream: bool = False
+    background: bool = False
     user: str | None = None
     include: list[str] | None = None
     # --- cascade extensions ---
@@ -90,6 +91,12 @@ def parse_responses_request(data: Any) -> ResponsesRequest:
         raise _bad("input must not be empty", "input")
     if isinstance(req.input, str) and not req.input:
         raise _bad("input must not be empty", "input")
+    if req.background and not req.store:
+        raise _bad("a background response is stored: background needs store: true", "background")
+    if req.background and req.stream:
+        raise _bad(
+            "background responses are not streamed here: poll GET /v1/responses/{id}", "stream"
+        )
     return req
 
 
@@ -580,6 +587,7 @@ def response_shell(
         "previous_response_id": req.previous_response_id,
         "reasoning": {"effort": effort, "summary": None},
         "store": req.store,
+        "background": req.background,
         "temperature": req.temperature,
         "text": req.text or {"format": {"type": "text"}},
         "tool_choice": req.tool_choice or "auto",
