@@ -57,11 +57,8 @@ class ResponseTurn:
         owner: str,
         translation: ChatTranslation,
         previous: list[dict[str, Any]],
-        model: str,
+        shell: dict[str, Any],
         seal: Seal | None,
-        *,
-        response_id: str | None = None,
-        created_at: int | None = None,
     ) -> None:
         self.services = services
         self.seal = seal  # set when the client asked for reasoning.encrypted_content
@@ -69,12 +66,7 @@ class ResponseTurn:
         self.owner = owner
         self.translation = translation
         self.previous = previous  # the chain's stored history (without instructions)
-        self.shell = response_shell(
-            req,
-            response_id=response_id or new_id("resp"),
-            model=model,
-            created_at=created_at if created_at is not None else int(time.time()),
-        )
+        self.shell = shell  # the Response without output: id, model, creation time, echoes
         if services.store is None:
             self.shell["store"] = False
 
@@ -116,11 +108,13 @@ async def open_turn(
     req: ResponsesRequest,
     owner: str,
     *,
-    response_id: str | None = None,
-    created_at: int | None = None,
+    shell: dict[str, Any] | None = None,
 ) -> ResponseTurn:
     """The response `req` asks for, checked and translated (see the module docstring);
-    `response_id` and `created_at` are a queued response's own (by default new ones)."""
+    `shell` is a queued response's own (its id, model and creation time), by default a new one.
+
+    Only a response that ended (`completed` or `incomplete`) can be continued: one that is
+    queued, in progress, failed or cancelled has no history to continue (a 400)."""
     previous: list[dict[str, Any]] = []
     if req.previous_response_id is not None:
         try:
@@ -131,6 +125,13 @@ async def open_turn(
                 code="previous_response_not_found",
                 param="previous_response_id",
             ) from None
+        status = stored.body.get("status")
+        if status not in ("completed", "incomplete"):
+            raise InvalidRequestError(
+                f"response {req.previous_response_id!r} is {status}: only a completed or "
+                "incomplete response can be continued",
+                param="previous_response_id",
+            )
         previous = stored.history
     registry, policy = services.turn.registry, services.turn.policy
     names = registry.names() if registry is not None else []
@@ -139,18 +140,14 @@ async def open_turn(
     translation = to_chat_request(
         req, stored_history=previous, available_server_tools=available, unseal=unseal
     )
-    model = req.model or await services.turn.runtime.model_name()
-    return ResponseTurn(
-        services,
-        req,
-        owner,
-        translation,
-        previous,
-        model,
-        seal,
-        response_id=response_id,
-        created_at=created_at,
-    )
+    if shell is None:
+        shell = response_shell(
+            req,
+            response_id=new_id("resp"),
+            model=req.model or await services.turn.runtime.model_name(),
+            created_at=int(time.time()),
+        )
+    return ResponseTurn(services, req, owner, translation, previous, shell, seal)
 
 
 def sealing(
