@@ -7,6 +7,12 @@ With `store` (the default) the response, its input items and the chain's history
 kept for `response_ttl_days`; `store: false` keeps nothing. Stored responses are the caller's
 only: another key's id answers 404, like an unknown one.
 
+With `background: true` (it needs `store`; not streamed) the request is checked as in the
+foreground, stored as `queued` and queued for the batch workers, ahead of batch items; the
+answer is the queued `Response` at once. A worker makes it through the same path
+(`app.agent.responses_background`); `GET` shows it `in_progress`, then its end (`completed`,
+`incomplete`, or `failed` with an `error`). `POST /v1/responses/{id}/cancel` cancels it.
+
 Streaming (`stream: true`) sends the Responses event sequence; the HTTP response starts only
 with the run's first event (a runtime that is down is a 503), and a client that disconnects
 aborts the runtime request; nothing is stored for a response that did not finish.
@@ -14,6 +20,7 @@ aborts the runtime request; nothing is stored for a response that did not finish
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Literal
@@ -41,7 +48,7 @@ from app.errors import CascadeError, InvalidRequestError
 from app.jsonbody import JsonBodyError, parse_json
 from app.runtime.guard import Runtime
 from app.services import Services
-from app.sessions.responses_store import ResponseStore
+from app.sessions.responses_store import QUEUED, ResponseStore, StoredResponse
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
@@ -68,12 +75,36 @@ async def _open(services: Services, request: Request, owner: str) -> ResponseTur
 @router.post("/v1/responses")
 async def create_response(request: Request, services: ServicesDep, owner: Owner) -> Response:
     turn = await _open(services, request, owner)
+    if turn.req.background:
+        return await _queued(services, request, turn)
     if turn.req.stream:
         return await _streamed(turn)
     assembled, inputs = await turn.assemble(stream=False)
     result = await assembled.run.run()
     body = turn.body(result, inputs)
     await turn.save(result, body)
+    return JSONResponse(body)
+
+
+async def _queued(services: Services, request: Request, turn: ResponseTurn) -> JSONResponse:
+    """Check the turn whole, as in the foreground (its run is assembled, then dropped), store
+    it as `queued` and queue its request on the workers' priority lane."""
+    store, queue = services.responses, services.batch_store
+    if store is None or queue is None:
+        raise InvalidRequestError(
+            "background responses need Redis on this server", param="background"
+        )
+    await turn.assemble(stream=False)
+    body = {**turn.shell, "status": QUEUED}
+    queued = StoredResponse(body=body, input_items=turn.translation.input_items, history=[])
+    await store.put(turn.owner, queued)
+    try:
+        await queue.queue_response(body["id"], turn.owner, await request.body())
+    except Exception:
+        # Not queued: no worker would ever take it, so it is not kept either.
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await store.delete(turn.owner, body["id"])
+        raise
     return JSONResponse(body)
 
 
@@ -168,6 +199,24 @@ async def _abort(runtime: Runtime, run: AgentRun) -> None:
 async def get_response(response_id: str, services: ServicesDep, owner: Owner) -> JSONResponse:
     stored = await _store(services).get(owner, response_id)
     return JSONResponse(stored.body)
+
+
+@router.post("/v1/responses/{response_id}/cancel")
+async def cancel_response(response_id: str, services: ServicesDep, owner: Owner) -> JSONResponse:
+    """Cancel a background response that is queued (it never starts) or in progress (its
+    worker aborts the runtime request within `response_cancel_poll`); the body answered is the
+    response now. One that ended already is answered as it is (cancelling is idempotent); one
+    not created with `background: true` is a 400."""
+    store = _store(services)
+    stored = await store.get(owner, response_id)
+    if stored.body.get("background") is not True:
+        raise InvalidRequestError(
+            "only a response created with background: true can be cancelled",
+            param="response_id",
+        )
+    if await store.cancel(owner, response_id):
+        log.info("background_response_cancelled", response_id=response_id)
+    return JSONResponse((await store.get(owner, response_id)).body)
 
 
 @router.delete("/v1/responses/{response_id}")
