@@ -22,7 +22,7 @@ from app.agent.models import RunResult
 from app.agent.responses_protocol import parse_responses_request
 from app.agent.responses_turn import ResponsesServices, open_turn, response_store
 from app.agent.turn import PartsIngest
-from app.errors import CascadeError, InvalidRequestError
+from app.errors import CascadeError, InvalidRequestError, NotFoundError
 from app.jsonbody import JsonBodyError, parse_json
 from app.sessions.responses_store import IN_PROGRESS, StoredResponse
 
@@ -68,7 +68,10 @@ class BackgroundResponse:
         `incomplete` when this run stored it, else what stopped the run (`cancelled`, the
         status another run stored, or `gone` when it was deleted). Errors propagate (the
         caller decides between waiting for the runtime and `fail`)."""
-        queued = await self.store.get(self.owner, self.response_id)
+        try:
+            queued = await self.store.get(self.owner, self.response_id)
+        except NotFoundError:
+            return "gone"  # deleted (or expired) since it started
         if queued.body["status"] != IN_PROGRESS:
             return str(queued.body["status"])
         try:
@@ -83,13 +86,20 @@ class BackgroundResponse:
         if result is None:
             return await self._status()
         body = turn.body(result, inputs)
-        if await self.store.finish(self.owner, turn.stored(result, body)):
+        stored = turn.stored(result, body)
+        # The input items keep the ids the queued response was given (and listed with).
+        stored.input_items = queued.input_items
+        if await self.store.finish(self.owner, stored):
             return str(body["status"])
         return await self._status()
 
     async def fail(self, error: CascadeError) -> bool:
-        """End it as `failed` with `error`; false when it was no longer in progress."""
-        queued = await self.store.get(self.owner, self.response_id)
+        """End it as `failed` with `error`; false when it was no longer in progress (or is
+        gone)."""
+        try:
+            queued = await self.store.get(self.owner, self.response_id)
+        except NotFoundError:
+            return False
         stored = StoredResponse(
             body=failed_body(queued.body, error), input_items=queued.input_items, history=[]
         )

@@ -9,7 +9,7 @@ only: another key's id answers 404, like an unknown one.
 
 With `background: true` (it needs `store`; not streamed) the request is checked as in the
 foreground, stored as `queued` and queued for the batch workers, ahead of batch items; the
-answer is the queued `Response` at once. A worker makes it through the same path
+answer is the queued `Response` at once. A worker (`cascade worker`) makes it through the same path
 (`app.agent.responses_background`); `GET` shows it `in_progress`, then its end (`completed`,
 `incomplete`, or `failed` with an `error`). `POST /v1/responses/{id}/cancel` cancels it.
 
