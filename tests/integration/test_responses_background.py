@@ -104,6 +104,7 @@ async def test_a_background_response_is_queued_then_completed_by_a_worker(
     await asyncio.sleep(0.2)
     assert (await asyncio.to_thread(client.responses.retrieve, queued.id)).status == "queued"
     assert sim.sim.requests == []
+    listed = await asyncio.to_thread(client.responses.input_items.list, queued.id)
     async with running_worker(cascade.settings, worker_config()):
         done = await final(client, queued.id)
     assert done.status == "completed" and done.background is True
@@ -114,6 +115,7 @@ async def test_a_background_response_is_queued_then_completed_by_a_worker(
     assert len(requests_for(sim, "otters")) == 1
     items = client.responses.input_items.list(queued.id)
     assert [item.type for item in items.data] == ["message"]
+    assert [item.id for item in items.data] == [item.id for item in listed.data]
     # Its history is stored: a foreground continuation sees the whole chain.
     sim.sim.add_rule(Rule(match="more", output="They hold hands."))
     more = client.responses.create(model="m", input="more", previous_response_id=queued.id)
