@@ -3,8 +3,9 @@
 A response's hash holds its owner, the `Response` body, its input items and the whole running
 history of its chain (the chat messages so far, in the session store's form: the previous
 response's history plus this turn's new messages). Continuing a chain is therefore one read,
-and the prompt rebuilt from it is byte-identical to the one before. Responses are immutable
-once written; two requests continuing the same response each write their own (branching).
+and the prompt rebuilt from it is byte-identical to the one before. A response is immutable
+once it ended (a background one ends after it is first written, see below); two requests
+continuing the same response each write their own (branching).
 
 Another owner's response answers exactly like a missing one (`NotFoundError`): the owner is
 checked on every read, and inside the delete script.
