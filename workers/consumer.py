@@ -16,12 +16,19 @@ queue operation; this module decides what to do with an item):
 - Redis errors are retried with backoff; a result is never dropped while the worker lives;
 - `stop` (SIGTERM): no new items; in-flight ones get `batch_drain_grace` seconds to finish,
   the rest are put back on the queue at once for other workers.
+
+Background responses (`background: true` on `/v1/responses`) come on the queue's priority lane
+and are read before batch items; each is made by `app.agent.responses_background` (the same
+path as the door's), touched and reclaimed like an item, waits out runtime outages the same
+way, and its entry is concluded once its end is stored (or it may not run). One that kept
+killing workers (started more often than tries plus redeliveries) fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import random
 import secrets
@@ -36,10 +43,12 @@ import structlog
 from redis.exceptions import RedisError
 
 from app.agent.protocol import completion_body, completion_id, parse_chat_request
+from app.agent.responses_background import BackgroundResponse
+from app.agent.responses_turn import ResponsesServices
 from app.agent.turn import TurnServices, assemble_turn
 from app.batches.config import BatchSettings
 from app.batches.lines import ResultRecord, failed_line, output_line
-from app.batches.queue import JobQueue, QueueItem
+from app.batches.queue import JobQueue, QueueItem, ResponseJob
 from app.errors import (
     CascadeError,
     InternalError,
@@ -153,6 +162,7 @@ class BatchWorker:
         priority: int | None = None,
         inflight: int | None = None,
         queue: JobQueue | None = None,
+        responses: ResponsesServices | None = None,
     ) -> None:
         self.redis = redis
         self.name = name
@@ -167,8 +177,11 @@ class BatchWorker:
         # Items kept in flight; `workers.tuning` may raise it once the runtime's slots are known.
         self.inflight = inflight or config.batch_inflight or 32
         self.queue = queue or JobQueue(redis, prefix=config.key_prefix)
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        # What background responses need; None: this worker leaves the priority lane alone.
+        self.responses = responses
+        self.tasks: dict[str, asyncio.Task[None]] = {}  # by entry id (items) or `job.key`
         self.items: dict[str, QueueItem] = {}
+        self.jobs: dict[str, ResponseJob] = {}  # by `job.key`
         self.runtime_ok = asyncio.Event()
         self.runtime_ok.set()
         self._probe: asyncio.Task[None] | None = None
@@ -211,11 +224,20 @@ class BatchWorker:
                     await self._wait_for_room(stop, 0.25)
                     continue
                 if now >= next_claim:
-                    for item in await self._reclaim(free):
+                    for job in await self._reclaim_responses(free):
+                        self._spawn_response(job)
+                    free = self.inflight - len(self.tasks)
+                    for item in await self._reclaim(free) if free > 0 else []:
                         self._spawn(item)
                     next_claim = now + claim_every
                     free = self.inflight - len(self.tasks)
-                if free > 0:
+                jobs = await self._read_responses(free) if free > 0 else []
+                for job in jobs:
+                    self._spawn_response(job)
+                # Batch items only when the priority lane was empty: the next pass reads it
+                # again first (at once, with no wait).
+                free = self.inflight - len(self.tasks)
+                if free > 0 and not jobs:
                     for item in await self._read(free):
                         self._spawn(item)
                 failures = 0
@@ -257,9 +279,29 @@ class BatchWorker:
             items.append(item)
         return items
 
+    async def _read_responses(self, count: int) -> list[ResponseJob]:
+        if self.responses is None:
+            return []
+        return await self.queue.claim_responses(self.name, count)
+
+    async def _reclaim_responses(self, count: int) -> list[ResponseJob]:
+        """Background responses of workers that went silent for `batch_claim_idle` seconds."""
+        if self.responses is None or count <= 0:
+            return []
+        jobs = []
+        idle = self.config.batch_claim_idle
+        for job in await self.queue.reclaim_responses(self.name, count, idle=idle):
+            if job.key in self.tasks:
+                continue  # ours already (we were slow to refresh)
+            log.info("background_response_reclaimed", worker=self.name, response_id=job.response_id)
+            jobs.append(job)
+        return jobs
+
     async def _refresh(self) -> None:
         """Touch the entries we are working on (we are alive)."""
         await self.queue.touch(self.name, list(self.items))
+        if self.jobs:
+            await self.queue.touch_responses(self.name, [j.msg_id for j in self.jobs.values()])
 
     def _spawn(self, item: QueueItem) -> None:
         self.items[item.msg_id] = item
@@ -272,6 +314,17 @@ class BatchWorker:
 
         task.add_done_callback(done)
 
+    def _spawn_response(self, job: ResponseJob) -> None:
+        self.jobs[job.key] = job
+        task = asyncio.create_task(self._process_response(job), name=job.key)
+        self.tasks[job.key] = task
+
+        def done(_: asyncio.Task[None], key: str = job.key) -> None:
+            self.tasks.pop(key, None)
+            self.jobs.pop(key, None)
+
+        task.add_done_callback(done)
+
     async def _drain(self) -> None:
         if self.tasks:
             log.info("worker_draining", worker=self.name, in_flight=len(self.tasks))
@@ -280,13 +333,17 @@ class BatchWorker:
             )
             if pending:
                 items = [self.items[m] for m in list(self.items) if self.tasks.get(m) in pending]
+                jobs = [self.jobs[k] for k in list(self.jobs) if self.tasks.get(k) in pending]
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
                 for item in items:
                     with contextlib.suppress(RedisError, OSError):
                         await self.queue.release(item, worker=self.name, requeue=True)
-                log.info("worker_released_items", worker=self.name, count=len(items))
+                for job in jobs:
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.queue.release_response(job, requeue=True)
+                log.info("worker_released_items", worker=self.name, count=len(items) + len(jobs))
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -443,6 +500,65 @@ class BatchWorker:
         if images:
             body["cascade"]["images"] = images
         return body
+
+    # ------------------------------------------------------------------ one background response
+
+    async def _process_response(self, job: ResponseJob) -> None:
+        assert self.responses is not None  # only claimed when set
+        made = BackgroundResponse(
+            self.responses,
+            response_id=job.response_id,
+            owner=job.owner,
+            request=job.body,
+            cancel_poll=self.config.response_cancel_poll,
+        )
+        log_ = log.bind(worker=self.name, response_id=job.response_id)
+        try:
+            starts = await self._redis(made.start)
+            limit = self.config.batch_max_attempts + self.config.batch_max_redeliveries
+            if starts == 0:
+                log_.info("background_response_skipped")
+            elif starts > limit:
+                log_.warning("background_response_poison", starts=starts)
+                error = InternalError(
+                    f"the response was started {starts} times without finishing (it may crash "
+                    "the worker or the runtime)",
+                    code="response_poison",
+                )
+                await self._redis(lambda: made.fail(error))
+            else:
+                status = await self._make_response(made)
+                log_.info("background_response_done", status=status)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never expected: the response fails with a reason
+            log_.error("background_response_crashed", exc_type=type(exc).__name__, exc_info=exc)
+            crashed = InternalError("cascade failed while making this response")
+            try:
+                await made.fail(crashed)
+            except Exception as again:  # the entry stays pending: reclaimed, started again
+                log_.error("background_response_abandoned", exc_type=type(again).__name__)
+                return
+        await self._redis(lambda: self.queue.conclude_response(job))
+
+    async def _make_response(self, made: BackgroundResponse) -> str:
+        """Run it (waiting out runtime outages, as items do); a failure is its end."""
+        ingest = self.images.ingest if self.images is not None else None
+        while True:
+            await self.runtime_ok.wait()
+            try:
+                return await made.run(ingest=ingest)
+            except RuntimeUnavailableError as exc:
+                self._runtime_down(exc)
+            except httpx.TransportError as exc:
+                self._runtime_down(
+                    RuntimeUnavailableError(
+                        f"the runtime connection failed ({type(exc).__name__})", retry_after=1
+                    )
+                )
+            except CascadeError as exc:
+                failed = await self._redis(functools.partial(made.fail, exc))
+                return "failed" if failed else "stopped"
 
     # ------------------------------------------------------------------ runtime outages
 

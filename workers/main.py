@@ -1,7 +1,8 @@
 """`cascade worker`: the worker process.
 
 A worker registers itself in Redis (a heartbeat key with a TTL, so `cascade up`, the batch
-coordinator and the operator can see it) and consumes batch items (`workers.consumer`).
+coordinator and the operator can see it) and consumes batch items and background responses
+(`workers.consumer`).
 The consumer loop runs under `app.batches.supervise` (a loop that dies is started again).
 Contract: the heartbeat key `cascade:workers:<name>` exists while the worker runs and expires
 within `HEARTBEAT_TTL` seconds of it dying; a graceful stop (SIGTERM/SIGINT) drains in-flight
@@ -23,6 +24,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from app.agent.responses_turn import ResponsesServices
 from app.batches.config import BatchSettings, load_batch_settings
 from app.batches.keys import BatchKeys
 from app.batches.queue import JobQueue
@@ -132,6 +134,13 @@ async def opened_worker(
         priority=config.batch_priority,
         inflight=inflight,
         queue=store,
+        responses=ResponsesServices(
+            turn=services.turn,
+            store=services.responses,
+            sealer=services.sealer,
+            sessions=services.sessions,
+            context_length=services.runtime_client.context_length,
+        ),
     )
     try:
         yield worker, services.runtime_client

@@ -101,6 +101,7 @@ class ResponsesRequest(BaseModel):
     ) = Field(default=None, max_length=16)
     store: StrictBool = True
     stream: StrictBool = False
+    background: StrictBool = False
     user: str | None = None
     include: list[INCLUDABLE] | None = None
     truncation: Literal["auto", "disabled"] | None = None
@@ -131,6 +132,12 @@ def parse_responses_request(data: Any) -> ResponsesRequest:
         raise _bad("input must not be empty", "input")
     if isinstance(req.input, str) and not req.input:
         raise _bad("input must not be empty", "input")
+    if req.background and not req.store:
+        raise _bad("a background response is stored: background needs store: true", "background")
+    if req.background and req.stream:
+        raise _bad(
+            "background responses are not streamed here: poll GET /v1/responses/{id}", "stream"
+        )
     return req
 
 
@@ -793,6 +800,7 @@ def response_shell(
         "previous_response_id": req.previous_response_id,
         "reasoning": {"effort": effort, "summary": None},
         "store": req.store,
+        "background": req.background,
         "temperature": req.temperature,
         "text": echo_text(req.text),
         "tool_choice": req.tool_choice or "auto",

@@ -76,6 +76,14 @@ class BatchSettings(CascadeSettings):
         ge=1,
         description="How far below interactive chat batch items rank when derived.",
     )
+    response_cancel_poll: float = Field(
+        default=0.2,
+        gt=0,
+        description=(
+            "Seconds between a worker's checks that the background response it runs was not "
+            "cancelled (a cancel aborts the runtime request within about this long)."
+        ),
+    )
     runtime_wait_interval: float = Field(
         default=2.0, gt=0, description="Seconds between runtime health checks while it is down."
     )

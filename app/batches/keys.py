@@ -1,7 +1,8 @@
 """The Redis key layout of batches and the job queue.
 
 Per-batch keys carry the batch id as a hash tag (`{batch_…}`) so they share a Redis Cluster
-slot. The queue (one stream, one consumer group) and the delayed-retry set are global: the
+slot. The queue (a stream of batch items and one of background responses, read first, each with
+the consumer group `workers`) and the delayed-retry set are global: the
 scripts that touch both a batch and the queue assume a single Redis (or a cluster where the
 prefix pins them to one slot). Only `app.batches.queue` touches the queue's keys and group.
 """
@@ -65,6 +66,10 @@ class BatchKeys:
     def stream(self) -> str:
         """Stream: queued items; consumer group `workers`."""
         return f"{self.prefix}:queue:items"
+
+    def responses(self) -> str:
+        """Stream: queued background responses (the priority lane); consumer group `workers`."""
+        return f"{self.prefix}:queue:responses"
 
     def delayed(self) -> str:
         """Sorted set: items waiting for a retry, scored by the time they are due."""

@@ -23,6 +23,11 @@ Contracts:
 - Cancel: `start_item` refuses the items of a batch that is not `in_progress` or is sealed, in
   the same script that marks the item running, so once a cancel is recorded no item of the
   batch starts; `seal_when_idle` seals a batch only once no live worker runs one of its items.
+- Priority lane: background responses of the Responses API (`ResponseJob`) have a stream of
+  their own in the same consumer group, with the same claims, touches and reclaims. A worker
+  reads it before the batch items (`claim_responses`, then `claim`), so a queued response is
+  taken before any waiting batch item. Its state lives with the stored response
+  (`app.sessions.responses_store`); here it is only delivered, at least once.
 """
 
 from __future__ import annotations
@@ -195,6 +200,40 @@ class QueueItem:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseJob:
+    """One queued background response as a worker receives it: the request as its client sent
+    it, to be made as `response_id` for `owner`."""
+
+    msg_id: str
+    response_id: str
+    owner: str
+    body: bytes
+
+    @property
+    def key(self) -> str:
+        """Its name among a worker's jobs (entry ids are unique within one stream only)."""
+        return f"response:{self.msg_id}"
+
+    def fields(self) -> dict[FieldT, EncodableT]:
+        return {"r": self.response_id, "o": self.owner, "body": self.body}
+
+    @classmethod
+    def from_entry(cls, msg_id: Any, fields: dict[Any, Any]) -> ResponseJob:
+        def value(name: str) -> Any:
+            return fields.get(name.encode(), fields.get(name))
+
+        response_id, owner, body = value("r"), value("o"), value("body")
+        if response_id is None or owner is None or body is None:
+            raise ValueError("a response entry needs r, o and body")
+        return cls(
+            msg_id=_s(msg_id),
+            response_id=_s(response_id),
+            owner=_s(owner),
+            body=body if isinstance(body, bytes) else str(body).encode(),
+        )
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -211,8 +250,9 @@ class JobQueue:
         self.redis = redis
         self.keys = BatchKeys(prefix)
         self._stream = self.keys.stream()
-        # consumer → where its next XAUTOCLAIM scan goes on (the scan wraps around)
-        self._cursors: dict[str, str] = {}
+        self._responses = self.keys.responses()
+        # (stream, consumer) → where its next XAUTOCLAIM scan goes on (the scan wraps around)
+        self._cursors: dict[tuple[str, str], str] = {}
         self._finish = redis.register_script(_FINISH)
         self._start = redis.register_script(_START)
         self._retry = redis.register_script(_RETRY)
@@ -223,13 +263,19 @@ class JobQueue:
     # ------------------------------------------------------------------ enqueue
 
     async def ensure_group(self) -> None:
-        """Create the stream and its consumer group if missing (it reads from the start, so
+        """Create the streams and their consumer group if missing (it reads from the start, so
         entries queued before it existed are delivered too)."""
-        try:
-            await self.redis.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in (self._responses, self._stream):
+            try:
+                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def queue_response(self, response_id: str, owner: str, body: bytes) -> None:
+        """Queue a background response on the priority lane."""
+        job = ResponseJob(msg_id="", response_id=response_id, owner=owner, body=body)
+        await self.redis.xadd(self._responses, job.fields())
 
     async def feed(
         self,
@@ -282,34 +328,71 @@ class JobQueue:
         """Up to `count` entries never delivered before, for `consumer`; waits up to
         `block_ms` for the first. Each stays pending under `consumer` until it is concluded or
         reclaimed. A lost group is created again (and nothing returned this time)."""
+        items: list[QueueItem] = []
+        for msg_id, fields in await self._read(self._stream, consumer, count, block_ms):
+            item = await self._item(consumer, msg_id, fields)
+            if item is not None:
+                items.append(item)
+        return items
+
+    async def claim_responses(self, consumer: str, count: int) -> list[ResponseJob]:
+        """Up to `count` queued background responses never delivered before, for `consumer`,
+        without waiting; each stays pending under it until `conclude_response` or
+        `release_response` (or a reclaim)."""
+        jobs: list[ResponseJob] = []
+        for msg_id, fields in await self._read(self._responses, consumer, count, None):
+            job = await self._job(consumer, msg_id, fields)
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    async def _read(
+        self, stream: str, consumer: str, count: int, block_ms: int | None
+    ) -> list[tuple[Any, Any]]:
+        """New entries of `stream` for `consumer` (XREADGROUP; `block_ms` None: no wait)."""
         try:
             response: Any = await self.redis.xreadgroup(
-                GROUP, consumer, {self._stream: ">"}, count=count, block=block_ms
+                GROUP, consumer, {stream: ">"}, count=count, block=block_ms
             )
         except ResponseError as exc:
             if not _lost_group(exc):
                 raise
             await self.ensure_group()
             return []
-        items: list[QueueItem] = []
-        for _stream, entries in response or []:
-            for msg_id, fields in entries:
-                item = await self._item(consumer, msg_id, fields)
-                if item is not None:
-                    items.append(item)
-        return items
+        return [entry for _stream, entries in response or [] for entry in entries]
 
     async def reclaim(self, consumer: str, count: int, *, idle: float) -> list[QueueItem]:
         """Up to `count` entries of other consumers that nobody touched for `idle` seconds, now
         pending under `consumer` (its own idle ones too: the caller skips those it still runs).
         Successive calls scan the pending entries round-robin."""
+        items = []
+        for msg_id, fields in await self._autoclaim(self._stream, consumer, count, idle):
+            item = await self._item(consumer, msg_id, fields)
+            if item is not None:
+                items.append(item)
+        return items
+
+    async def reclaim_responses(
+        self, consumer: str, count: int, *, idle: float
+    ) -> list[ResponseJob]:
+        """`reclaim` on the priority lane: background responses whose worker went silent."""
+        jobs = []
+        for msg_id, fields in await self._autoclaim(self._responses, consumer, count, idle):
+            job = await self._job(consumer, msg_id, fields)
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    async def _autoclaim(
+        self, stream: str, consumer: str, count: int, idle: float
+    ) -> list[tuple[Any, Any]]:
         try:
             result: Any = await self.redis.xautoclaim(
-                self._stream,
+                stream,
                 GROUP,
                 consumer,
                 int(idle * 1000),
-                start_id=self._cursors.get(consumer, "0-0"),
+                start_id=self._cursors.get((stream, consumer), "0-0"),
                 count=count,
             )
         except ResponseError as exc:
@@ -317,24 +400,25 @@ class JobQueue:
                 raise
             await self.ensure_group()
             return []
-        self._cursors[consumer] = _s(result[0])
-        items = []
-        for msg_id, fields in result[1]:
-            if not fields:
-                continue  # deleted meanwhile
-            item = await self._item(consumer, msg_id, fields)
-            if item is not None:
-                items.append(item)
-        return items
+        self._cursors[(stream, consumer)] = _s(result[0])
+        # An entry deleted meanwhile comes back without fields.
+        return [(msg_id, fields) for msg_id, fields in result[1] if fields]
 
     async def touch(self, consumer: str, msg_ids: Sequence[str]) -> None:
         """Reset the idle time of `consumer`'s entries `msg_ids` (it is alive and working on
         them), so `reclaim` leaves them alone."""
+        await self._touch(self._stream, consumer, msg_ids)
+
+    async def touch_responses(self, consumer: str, msg_ids: Sequence[str]) -> None:
+        """`touch` on the priority lane."""
+        await self._touch(self._responses, consumer, msg_ids)
+
+    async def _touch(self, stream: str, consumer: str, msg_ids: Sequence[str]) -> None:
         ids: list[Any] = list(msg_ids)
         try:
             for start in range(0, len(ids), _TOUCH_CHUNK):
                 await self.redis.xclaim(
-                    self._stream, GROUP, consumer, 0, ids[start : start + _TOUCH_CHUNK], justid=True
+                    stream, GROUP, consumer, 0, ids[start : start + _TOUCH_CHUNK], justid=True
                 )
         except ResponseError as exc:
             if not _lost_group(exc):
@@ -354,6 +438,42 @@ class JobQueue:
             await self.redis.xack(self._stream, GROUP, entry)
             await self.redis.xdel(self._stream, entry)
             return None
+
+    async def _job(self, consumer: str, msg_id: Any, fields: dict[Any, Any]) -> ResponseJob | None:
+        """`_item` for the priority lane."""
+        try:
+            return ResponseJob.from_entry(msg_id, fields)
+        except (ValueError, TypeError, AttributeError) as exc:
+            entry = _s(msg_id)
+            log.error(
+                "response_entry_malformed",
+                worker=consumer,
+                entry=entry,
+                exc_type=type(exc).__name__,
+            )
+            await self.redis.xack(self._responses, GROUP, entry)
+            await self.redis.xdel(self._responses, entry)
+            return None
+
+    # ------------------------------------------------------------------ one response
+
+    async def conclude_response(self, job: ResponseJob) -> None:
+        """Acknowledge and drop a background response's entry: it will not be delivered again
+        (its final state is stored, or it may not run)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self._responses, GROUP, job.msg_id)
+            pipe.xdel(self._responses, job.msg_id)
+            await pipe.execute()
+
+    async def release_response(self, job: ResponseJob, *, requeue: bool) -> None:
+        """`release` for a background response: acknowledged and, with `requeue`, queued again
+        at once (at the end of the priority lane) for another worker."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self._responses, GROUP, job.msg_id)
+            pipe.xdel(self._responses, job.msg_id)
+            if requeue:
+                pipe.xadd(self._responses, job.fields())
+            await pipe.execute()
 
     # ------------------------------------------------------------------ one item
 
@@ -479,12 +599,18 @@ class JobQueue:
     async def forget_idle_consumers(self, keep: str, *, idle: float) -> None:
         """Drop the group's consumers (but `keep`) that hold no entries and were idle for
         `idle` seconds: consumer names are per process, so dead workers' names pile up."""
-        consumers = await self.redis.xinfo_consumers(self._stream, GROUP)
-        for consumer in consumers:
-            name = _s(consumer.get("name"))
-            if (
-                name != keep
-                and int(consumer.get("pending", 0)) == 0
-                and int(consumer.get("idle", 0)) > idle * 1000
-            ):
-                await self.redis.xgroup_delconsumer(self._stream, GROUP, name)
+        for stream in (self._stream, self._responses):
+            try:
+                consumers = await self.redis.xinfo_consumers(stream, GROUP)
+            except ResponseError as exc:
+                if not _lost_group(exc) and "no such key" not in str(exc):
+                    raise
+                continue
+            for consumer in consumers:
+                name = _s(consumer.get("name"))
+                if (
+                    name != keep
+                    and int(consumer.get("pending", 0)) == 0
+                    and int(consumer.get("idle", 0)) > idle * 1000
+                ):
+                    await self.redis.xgroup_delconsumer(stream, GROUP, name)
