@@ -118,20 +118,14 @@ class AgentRun:
         self.thinking_used = 0
         self.guard_closed = False
         self.steps = 0
+        self.client_names = [t["function"]["name"] for t in config.client_tools]
         server = set(config.server_tools)
         if registry is not None:
-            server &= set(registry.names())
+            # The client's tool wins a name (the turn engine leaves such server tools out).
+            server &= set(registry.names()) - set(self.client_names)
         else:
             server = set()
         self.server_names = server
-        self.client_names = [t["function"]["name"] for t in config.client_tools]
-        clash = server & set(self.client_names)
-        if clash:
-            raise InvalidRequestError(
-                f"client tool name(s) {', '.join(sorted(clash))} clash with server tools; "
-                "rename them or leave them out of server_tools",
-                param="tools",
-            )
         server_defs = registry.schemas(sorted(server)) if registry is not None and server else []
         self.tool_defs: list[dict[str, Any]] = [*server_defs, *config.client_tools]
         self.tool_params = {

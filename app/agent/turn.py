@@ -341,7 +341,9 @@ def run_config(
     operator disabled stay unavailable, and write permission always comes from the operator.
     Server tools nobody named (neither the request's nor the session's `server_tools`) are
     all available ones, except for a request that declares its own `tools`: it gets none unless
-    the operator's policy says `server_tools_with_client_tools`.
+    the operator's policy says `server_tools_with_client_tools`. A client tool named like a
+    server tool wins: that server tool is left out of the request's offer, so a call to the
+    name goes back to the client (stateless UIs such as Open WebUI bring their own `calculator`).
     """
     base_policy = base_policy or ToolPolicy()  # the safe default: no writes
     check_temperature(req.temperature, settings)
@@ -368,6 +370,7 @@ def run_config(
             f"available: {', '.join(available) or 'none'}",
             param="server_tools",
         )
+    client_names = {t.function.name for t in req.tools or []}
     config = RunConfig(
         thinking=thinking,
         thinking_budget=budget,
@@ -377,7 +380,7 @@ def run_config(
             else options.preserve_thinking
         ),
         max_steps=settings.agent_max_steps,
-        server_tools=[name for name in wanted if name in available],
+        server_tools=[name for name in wanted if name in available and name not in client_names],
         client_tools=[t.model_dump(exclude_none=True) for t in req.tools or []],
         tool_choice=req.tool_choice,
         max_answer_tokens=req.answer_tokens(),

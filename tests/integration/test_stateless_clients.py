@@ -1,0 +1,136 @@
+"""Stateless chat UIs (Open WebUI 0.12.4 and the like) against cascade, with their own bodies.
+
+Such a client sends the whole history each turn and no `session_id`, brings tools of its own
+(sometimes named like cascade's), reads only standard fields, and makes background calls
+(title, tags, follow-ups) with a `### Task:` prompt beside each message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.api.app import create_app
+from tests.integration.conftest import Cascade, cascade_settings
+from tests.integration.test_agent_tools import call
+from tests.redis_server import RedisServer
+from tests.servers import serve_in_thread
+from tests.sglang_sim.script import Rule
+from tests.sglang_sim.testing import SimHandle
+
+# A calculator as Open WebUI users install it (a workspace tool, sent with native function
+# calling): the same name as cascade's built-in one, another schema.
+CLIENT_CALCULATOR: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Calculate the result of an equation.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "equation": {"type": "string", "description": "The equation to calculate."}
+            },
+            "required": ["equation"],
+        },
+    },
+}
+
+
+def offered(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t["function"] for t in body.get("tools") or []]
+
+
+def sse_data(text: str) -> list[dict[str, Any]]:
+    return [
+        json.loads(line[6:])
+        for line in text.splitlines()
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
+
+
+@pytest.fixture
+def generous(
+    sim: SimHandle, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Cascade]:
+    """cascade with server tools offered beside a client's own tools."""
+    monkeypatch.setenv("CASCADE_SERVER_TOOLS_WITH_CLIENT_TOOLS", "true")
+    settings = cascade_settings(sim, redis_server)
+    app = create_app(settings)
+    with serve_in_thread(app) as url:
+        yield Cascade(url=url, app=app, settings=settings)
+
+
+# ----------------------------------------------------------------------------- 1: name clash
+
+
+def test_a_client_tool_named_like_a_server_tool_wins_in_chat(
+    generous: Cascade, sim: SimHandle
+) -> None:
+    sim.sim.add_rule(Rule(output=call("calculator", equation="2+2"), times=1))
+    with generous.client() as client:
+        response = client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "what is 2+2?"}],
+            tools=[CLIENT_CALCULATOR],  # type: ignore[list-item]
+        )
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    (tool_call,) = choice.message.tool_calls
+    assert tool_call.function.name == "calculator"  # type: ignore[union-attr]
+    assert json.loads(tool_call.function.arguments) == {"equation": "2+2"}  # type: ignore[union-attr]
+    (request,) = sim.sim.requests  # the call went back to the client, nothing ran here
+    functions = offered(request.body)
+    calculators = [f for f in functions if f["name"] == "calculator"]
+    assert calculators == [CLIENT_CALCULATOR["function"]]
+    assert "clock" in [f["name"] for f in functions]  # the other server tools stay offered
+
+
+def test_a_client_tool_named_like_a_server_tool_wins_in_chat_streamed(
+    generous: Cascade, sim: SimHandle
+) -> None:
+    sim.sim.add_rule(Rule(output=call("calculator", equation="6*7"), times=1))
+    raw = httpx.post(
+        generous.url + "/v1/chat/completions",
+        json={
+            "model": "m",
+            "messages": [{"role": "user", "content": "what is 6*7?"}],
+            "stream": True,
+            "tools": [CLIENT_CALCULATOR],
+        },
+        timeout=30,
+    )
+    assert raw.status_code == 200, raw.text
+    chunks = sse_data(raw.text)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c.get("choices")]
+    calls = [d["tool_calls"][0] for d in deltas if d.get("tool_calls")]
+    assert calls[0]["function"]["name"] == "calculator"
+    arguments = "".join(c["function"]["arguments"] for c in calls)
+    assert json.loads(arguments) == {"equation": "6*7"}
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")]
+    assert finishes[-1] == "tool_calls"
+    assert not any("tool_progress" in (c.get("cascade") or {}) for c in chunks)
+    assert len(sim.sim.requests) == 1
+
+
+def test_a_client_tool_named_like_a_server_tool_wins_in_responses(
+    generous: Cascade, sim: SimHandle
+) -> None:
+    sim.sim.add_rule(Rule(output=call("calculator", equation="2+2"), times=1))
+    function = CLIENT_CALCULATOR["function"]
+    with generous.client() as client:
+        response = client.responses.create(
+            model="m",
+            input="what is 2+2?",
+            tools=[{"type": "function", **function}],
+        )
+    (item,) = [i for i in response.output if i.type != "reasoning"]
+    assert item.type == "function_call"
+    assert item.name == "calculator" and json.loads(item.arguments) == {"equation": "2+2"}
+    (request,) = sim.sim.requests
+    calculators = [f for f in offered(request.body) if f["name"] == "calculator"]
+    assert calculators == [function]
