@@ -13,8 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+from openai import OpenAI
 
 from app.api.app import create_app
+from app.runtime.answer_start import AnswerStart
 from tests.integration.conftest import Cascade, cascade_settings
 from tests.integration.test_agent_tools import call
 from tests.redis_server import RedisServer
@@ -134,3 +136,93 @@ def test_a_client_tool_named_like_a_server_tool_wins_in_responses(
     (request,) = sim.sim.requests
     calculators = [f for f in offered(request.body) if f["name"] == "calculator"]
     assert calculators == [function]
+
+
+# ----------------------------------------------------------------------------- 2: answer start
+
+THOUGHT = "Rayleigh scattering, shorter wavelengths.\n</think>\n\n"
+
+
+@pytest.mark.parametrize(
+    ("deltas", "handed_on"),
+    [
+        (["\n\n", "Blue."], ["", "Blue."]),
+        (["\n", "\n", "Blue", "."], ["", "", "Blue", "."]),
+        (["\n\nBlue.\n\nSky."], ["Blue.\n\nSky."]),
+        ([" \n\n    indented code"], ["    indented code"]),
+        (["Blue.", "\n\n", "Sky."], ["Blue.", "\n\n", "Sky."]),
+        (["\n", " "], ["", ""]),  # whitespace that no text follows is dropped
+    ],
+)
+def test_answer_start_drops_only_leading_blank_lines(
+    deltas: list[str], handed_on: list[str]
+) -> None:
+    start = AnswerStart()
+    assert [start.feed(d) for d in deltas] == handed_on
+
+
+def test_a_thinking_answer_has_no_leading_blank_lines_in_chat(
+    client: OpenAI, sim: SimHandle
+) -> None:
+    sim.sim.add_rule(Rule(output=THOUGHT + "Blue."))
+    response = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "what colour is the sky"}],
+        extra_body={"thinking": True},
+    )
+    message = response.choices[0].message
+    assert message.content == "Blue."
+    assert (message.model_extra or {})["reasoning_content"].startswith("Rayleigh")
+
+
+def test_a_thinking_answer_has_no_leading_blank_lines_in_chat_streamed(
+    client: OpenAI, sim: SimHandle
+) -> None:
+    sim.sim.add_rule(Rule(output=THOUGHT + "Blue sky, mostly."))
+    stream = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "what colour is the sky"}],
+        stream=True,
+        extra_body={"thinking": True},
+    )
+    content = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    content = [text for text in content if text]
+    assert content and not content[0].startswith("\n")
+    assert "".join(content) == "Blue sky, mostly."
+
+
+def test_without_thinking_the_content_is_left_as_the_runtime_sent_it(
+    client: OpenAI, sim: SimHandle
+) -> None:
+    sim.sim.add_rule(Rule(output="\n\nA poem:\n\nroses"))
+    response = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "a poem"}], extra_body={"thinking": False}
+    )
+    assert response.choices[0].message.content == "\n\nA poem:\n\nroses"
+    stream = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "a poem"}],
+        stream=True,
+        extra_body={"thinking": False},
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "\n\nA poem:\n\nroses"
+
+
+def test_a_thinking_answer_has_no_leading_blank_lines_in_responses(
+    client: OpenAI, sim: SimHandle
+) -> None:
+    sim.sim.add_rule(Rule(output=THOUGHT + "Blue."))
+    response = client.responses.create(model="m", input="sky?", reasoning={"effort": "low"})
+    assert [i.type for i in response.output] == ["reasoning", "message"]
+    assert response.output_text == "Blue."
+    deltas: list[str] = []
+    done: list[str] = []
+    with client.responses.stream(model="m", input="sky?", reasoning={"effort": "low"}) as events:
+        for event in events:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+            elif event.type == "response.output_text.done":
+                done.append(event.text)
+    assert deltas and not deltas[0].startswith("\n")
+    assert "".join(deltas) == "Blue." and done == ["Blue."]
