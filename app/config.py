@@ -98,6 +98,11 @@ class Settings(CascadeSettings):
         default=None,
         description="System prompt added when a conversation has none (stable text only).",
     )
+    tool_steps_in_reasoning: bool = Field(
+        default=True,
+        description="Chat answers show each server tool step as a line in reasoning_content "
+        "(display only: never stored as reasoning, never sent to the model).",
+    )
 
     # --- the Ollama API (/api/*) ---
     ollama_server_tools: Annotated[list[str], NoDecode] = Field(

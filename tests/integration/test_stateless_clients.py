@@ -15,6 +15,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from app.agent.models import ToolProgress
+from app.agent.protocol import tool_step_line
 from app.api.app import create_app
 from app.runtime.answer_start import AnswerStart
 from tests.integration.conftest import Cascade, cascade_settings
@@ -226,3 +228,150 @@ def test_a_thinking_answer_has_no_leading_blank_lines_in_responses(
                 done.append(event.text)
     assert deltas and not deltas[0].startswith("\n")
     assert "".join(deltas) == "Blue." and done == ["Blue."]
+
+
+# ----------------------------------------------------------------------------- 3: tool steps
+
+# Open WebUI's history as it sends it to an OpenAI-compatible backend: content only (it keeps an
+# earlier answer's reasoning to itself for such providers).
+HISTORY: list[dict[str, Any]] = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello! How can I help you today?"},
+    {"role": "user", "content": "What is 1234 * 5678?"},
+]
+CALCULATOR_LINE = '\n[calculator] {"expression":"1234 * 5678"} → 1234 * 5678 = 7006652\n'
+
+
+def open_webui_chat(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body Open WebUI 0.12.4 sends for a chat message (routers/openai.py, after its
+    `metadata` is taken off): no session, the whole history, streamed with usage."""
+    return {
+        "stream": True,
+        "model": "qwen3.6-27b-cascade",
+        "messages": messages,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def script_calculator_step(sim: SimHandle) -> None:
+    sim.sim.add_rule(
+        Rule(
+            match="1234",
+            output="Let me compute.\n\n" + call("calculator", expression="1234 * 5678"),
+            times=1,
+        )
+    )
+    sim.sim.add_rule(Rule(match="1234", output="1234 × 5678 = 7006652."))
+
+
+def streamed_parts(raw: httpx.Response) -> tuple[str, str, list[dict[str, Any]]]:
+    """(reasoning, content, chunks) of a streamed chat answer, as a standard client reads it."""
+    assert raw.status_code == 200, raw.text
+    chunks = sse_data(raw.text)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c.get("choices")]
+    reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
+    content = "".join(d.get("content") or "" for d in deltas)
+    return reasoning, content, chunks
+
+
+def test_an_open_webui_stream_shows_server_tool_steps_in_reasoning(
+    cascade: Cascade, sim: SimHandle
+) -> None:
+    script_calculator_step(sim)
+    raw = httpx.post(
+        cascade.url + "/v1/chat/completions", json=open_webui_chat(HISTORY), timeout=30
+    )
+    reasoning, content, chunks = streamed_parts(raw)
+    assert CALCULATOR_LINE in reasoning
+    assert content == "Let me compute.\n\n1234 × 5678 = 7006652."
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+    # The line is for the client's eyes: the second step's prompt has the tool result, not it.
+    first, second = sim.sim.requests
+    assert "[calculator]" not in json.dumps(first.body) + json.dumps(second.body)
+    assert any(
+        m["role"] == "tool" and m["content"] == "1234 * 5678 = 7006652"
+        for m in second.body["messages"]
+    )
+    assert all(not m.get("reasoning_content") for m in second.body["messages"])
+
+
+def test_with_the_setting_off_tool_steps_stay_out_of_reasoning(
+    sim: SimHandle, redis_server: RedisServer
+) -> None:
+    settings = cascade_settings(sim, redis_server, tool_steps_in_reasoning=False)
+    with serve_in_thread(create_app(settings)) as url:
+        script_calculator_step(sim)
+        raw = httpx.post(url + "/v1/chat/completions", json=open_webui_chat(HISTORY), timeout=30)
+        reasoning, content, chunks = streamed_parts(raw)
+        assert reasoning == ""
+        assert content.endswith("= 7006652.")
+        progress = [
+            c["cascade"]["tool_progress"]
+            for c in chunks
+            if "cascade" in c and "tool_progress" in c["cascade"]
+        ]
+        assert [p["status"] for p in progress] == ["started", "finished"]
+        script_calculator_step(sim)
+        whole = httpx.post(
+            url + "/v1/chat/completions", json={**open_webui_chat(HISTORY), "stream": False}
+        )
+    assert whole.json()["choices"][0]["message"]["reasoning_content"] is None
+
+
+def test_a_non_streamed_answer_shows_tool_steps_in_its_reasoning(
+    client: OpenAI, sim: SimHandle
+) -> None:
+    script_calculator_step(sim)
+    response = client.chat.completions.create(model="m", messages=HISTORY)  # type: ignore[arg-type]
+    message = response.choices[0].message
+    assert (message.model_extra or {})["reasoning_content"] == CALCULATOR_LINE
+    assert message.content == "1234 × 5678 = 7006652."
+    assert "[calculator]" not in json.dumps(sim.sim.requests[-1].body)
+
+
+def test_tool_step_lines_are_never_stored_nor_sent_on_the_next_turn(
+    cascade: Cascade, sim: SimHandle
+) -> None:
+    script_calculator_step(sim)
+    body = {**open_webui_chat(HISTORY[-1:]), "store": True, "stream_options": None}
+    raw = httpx.post(cascade.url + "/v1/chat/completions", json=body, timeout=30)
+    reasoning, _, chunks = streamed_parts(raw)
+    assert CALCULATOR_LINE in reasoning
+    session_id = next(c["session_id"] for c in chunks if c.get("session_id"))
+    sim.sim.add_rule(Rule(match="thanks", output="You are welcome."))
+    again = httpx.post(
+        cascade.url + "/v1/chat/completions",
+        json={
+            "model": "m",
+            "session_id": session_id,
+            "messages": [{"role": "user", "content": "thanks"}],
+        },
+        timeout=30,
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["choices"][0]["message"]["reasoning_content"] is None  # no step this turn
+    next_turn = sim.sim.requests[-1].body
+    assert "[calculator]" not in json.dumps(next_turn)
+    assert [m["role"] for m in next_turn["messages"]][-4:] == [
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]
+
+
+def test_a_tool_step_line_is_one_short_line_whatever_the_tool_said() -> None:
+    step = ToolProgress(
+        2,
+        "call_1",
+        "fetch_url",
+        "finished",
+        '{"url": "http://x.test/' + "a" * 500 + '"}',
+        "Title\n\n" + "word " * 400,
+    )
+    line = tool_step_line(step)
+    assert line.startswith('\n[fetch_url] {"url":"http://x.test/a') and line.endswith("…\n")
+    assert line.count("\n") == 2 and len(line) < 2 * 200 + 40
+    waiting = ToolProgress(1, "call_2", "open_door", "failed", "{}", None)
+    assert tool_step_line(waiting) == "\n[open_door] {} → (no result yet)\n"
