@@ -234,6 +234,31 @@ def check_tool_offer(req: ChatRequest) -> None:
         raise _bad("stop sequences must not be empty", "stop")
 
 
+TASK_PROMPT_MARK = "### Task:"
+
+
+def is_task_prompt(req: ChatRequest) -> bool:
+    """Whether `req` looks like a chat UI's background task rather than a conversation turn.
+
+    A heuristic, for Open WebUI (0.12): its title, tags and follow-up calls (and its query,
+    autocomplete and emoji ones) are not streamed, carry no session and no `metadata` marker
+    to the backend (it takes `metadata.task` off), and are one user message whose text starts
+    with `### Task:` (its default prompt templates), after any system messages a model's own
+    system prompt adds. A real turn has a conversation, or is streamed."""
+    if req.stream or req.session_id is not None or not req.messages:
+        return False
+    *head, last = req.messages
+    if last.get("role") != "user" or any(
+        m.get("role") not in ("system", "developer") for m in head
+    ):
+        return False
+    content = last.get("content")
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        content = texts[0] if texts else None
+    return isinstance(content, str) and content.lstrip().startswith(TASK_PROMPT_MARK)
+
+
 def check_tool_results(history: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
     """Every `tool` message in `new` answers a call of an earlier assistant message (in the
     stored `history` or earlier in `new`) that has no answer yet."""
