@@ -8,8 +8,11 @@ Such a client sends the whole history each turn and no `session_id`, brings tool
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +25,7 @@ from app.api.app import create_app
 from app.runtime.answer_start import AnswerStart
 from tests.integration.conftest import Cascade, cascade_settings
 from tests.integration.test_agent_tools import call
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 from tests.servers import serve_in_thread
 from tests.sglang_sim.script import Rule
 from tests.sglang_sim.testing import SimHandle
@@ -545,3 +548,27 @@ def test_with_the_heuristic_off_task_calls_get_server_tools(
         body = open_webui_task(TAGS_TEMPLATE, CHAT_SO_FAR)
         assert httpx.post(url + "/v1/chat/completions", json=body, timeout=30).is_success
     assert "calculator" in [t["function"]["name"] for t in sim.sim.requests[0].body["tools"]]
+
+
+# ----------------------------------------------------------------------------- 5: the script
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "open-webui.sh"
+
+
+def test_the_open_webui_script_parses() -> None:
+    checked = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert os.access(SCRIPT, os.X_OK)
+
+
+def test_the_open_webui_script_stops_when_cascade_does_not_answer() -> None:
+    nobody = f"http://127.0.0.1:{free_port()}/v1"
+    run = subprocess.run(
+        [str(SCRIPT)],
+        env={**os.environ, "OPENAI_API_BASE_URL": nobody, "OPEN_WEBUI_MODE": "pip"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 1
+    assert f"cascade does not answer at {nobody}/models" in run.stderr
