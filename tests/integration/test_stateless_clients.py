@@ -572,3 +572,31 @@ def test_the_open_webui_script_stops_when_cascade_does_not_answer() -> None:
     )
     assert run.returncode == 1
     assert f"cascade does not answer at {nobody}/models" in run.stderr
+
+
+def test_tool_step_lines_stay_out_of_a_stateless_chats_next_turn(
+    cascade: Cascade, sim: SimHandle
+) -> None:
+    # The call comes without text before it: the answer the client resends is the run's final one.
+    sim.sim.add_rule(
+        Rule(match="1234", output=call("calculator", expression="1234 * 5678"), times=1)
+    )
+    sim.sim.add_rule(Rule(match="1234", output="1234 × 5678 = 7006652."))
+    raw = httpx.post(
+        cascade.url + "/v1/chat/completions", json=open_webui_chat(HISTORY), timeout=30
+    )
+    reasoning, content, _ = streamed_parts(raw)
+    assert CALCULATOR_LINE in reasoning
+    # Open WebUI sends the answer back as its content only, with the next question.
+    sim.sim.add_rule(Rule(match="thanks", output="You are welcome."))
+    follow = [*HISTORY, {"role": "assistant", "content": content}]
+    follow.append({"role": "user", "content": "thanks"})
+    again = httpx.post(
+        cascade.url + "/v1/chat/completions", json=open_webui_chat(follow), timeout=30
+    )
+    reasoning, content, _ = streamed_parts(again)
+    assert reasoning == "" and content == "You are welcome."
+    next_turn = sim.sim.requests[-1].body
+    assert "[calculator]" not in json.dumps(next_turn)
+    # The recorded step (the ledger's) is what the model sees again, not the display line.
+    assert any(m["role"] == "tool" for m in next_turn["messages"])
