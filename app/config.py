@@ -98,6 +98,16 @@ class Settings(CascadeSettings):
         default=None,
         description="System prompt added when a conversation has none (stable text only).",
     )
+    task_prompts_without_tools: bool = Field(
+        default=True,
+        description="A chat UI's background task call (not streamed, one user message starting "
+        "with `### Task:`: Open WebUI's titles, tags, follow-ups) gets no server tools.",
+    )
+    tool_steps_in_reasoning: bool = Field(
+        default=True,
+        description="Chat answers show each server tool step as a line in reasoning_content "
+        "(display only: never stored as reasoning, never sent to the model).",
+    )
 
     # --- the Ollama API (/api/*) ---
     ollama_server_tools: Annotated[list[str], NoDecode] = Field(

@@ -118,20 +118,15 @@ class AgentRun:
         self.thinking_used = 0
         self.guard_closed = False
         self.steps = 0
+        self.tool_steps: list[ToolProgress] = []
+        self.client_names = [t["function"]["name"] for t in config.client_tools]
         server = set(config.server_tools)
         if registry is not None:
-            server &= set(registry.names())
+            # The client's tool wins a name (the turn engine leaves such server tools out).
+            server &= set(registry.names()) - set(self.client_names)
         else:
             server = set()
         self.server_names = server
-        self.client_names = [t["function"]["name"] for t in config.client_tools]
-        clash = server & set(self.client_names)
-        if clash:
-            raise InvalidRequestError(
-                f"client tool name(s) {', '.join(sorted(clash))} clash with server tools; "
-                "rename them or leave them out of server_tools",
-                param="tools",
-            )
         server_defs = registry.schemas(sorted(server)) if registry is not None and server else []
         self.tool_defs: list[dict[str, Any]] = [*server_defs, *config.client_tools]
         self.tool_params = {
@@ -257,7 +252,9 @@ class AgentRun:
         """Run server-side calls concurrently; append their results in call order."""
         images = image_refs([*self.history, *self.produced])
         for call in calls:
-            yield ToolProgress(self.steps, call.id, call.function.name, "started")
+            yield ToolProgress(
+                self.steps, call.id, call.function.name, "started", call.function.arguments
+            )
         results = await asyncio.gather(
             *(self._run_tool(c, images) for c in calls), return_exceptions=True
         )
@@ -268,7 +265,7 @@ class AgentRun:
                 # No result yet: the call stays unanswered in the history until the session's
                 # owner confirms the pause (`confirm_tool_calls: [pause_id]`) and the run resumes.
                 paused.append(call)
-                yield ToolProgress(self.steps, call.id, call.function.name, "failed")
+                yield self._ended(call, "failed", None)
                 continue
             if isinstance(result, BaseException):
                 log.error("tool_crashed", tool=call.function.name, exc_type=type(result).__name__)
@@ -284,7 +281,7 @@ class AgentRun:
                     )
             self.produced.append({"role": "tool", "tool_call_id": call.id, "content": text})
             self.tools_answered = True
-            yield ToolProgress(self.steps, call.id, call.function.name, status)
+            yield self._ended(call, status, text)
         if paused:
             self._pause(paused)
         if extra_user_parts:
@@ -299,6 +296,16 @@ class AgentRun:
                     "meta": {"tool_images": True},
                 }
             )
+
+    def _ended(
+        self, call: ToolCall, status: Literal["finished", "failed"], output: str | None
+    ) -> ToolProgress:
+        """The end of a server call's step, kept for the run's result."""
+        ended = ToolProgress(
+            self.steps, call.id, call.function.name, status, call.function.arguments, output
+        )
+        self.tool_steps.append(ended)
+        return ended
 
     def _check_tool_choice(self) -> None:
         choice = self.config.tool_choice
@@ -504,6 +511,7 @@ class AgentRun:
                 closed_by_guard=self.guard_closed,
             ),
             steps=self.steps,
+            tool_steps=list(self.tool_steps),
         )
         if self.on_end is not None:
             result = await self.on_end(result)

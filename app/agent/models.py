@@ -123,12 +123,17 @@ class ClientToolCallDelta:
 
 @dataclass(slots=True)
 class ToolProgress:
-    """A server-side tool step: `started` then `finished` (or `failed`)."""
+    """A server-side tool step: `started` then `finished` (or `failed`).
+
+    `arguments` is the call's JSON text; `output` the result the model is told, once there is
+    one (None while started, and for a call that waits for confirmation)."""
 
     step: int
     call_id: str
     name: str
     status: Literal["started", "finished", "failed"]
+    arguments: str = ""
+    output: str | None = None
 
 
 @dataclass
@@ -138,6 +143,7 @@ class RunResult:
     usage: Usage
     thinking: ThinkingReport
     steps: int
+    tool_steps: list[ToolProgress] = field(default_factory=list)  # this run's, as they ended
 
     @property
     def outcome(self) -> Outcome:

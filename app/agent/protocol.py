@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.agent.models import RunResult
+from app.agent.models import RunResult, ToolProgress
 from app.errors import InvalidRequestError
 from app.jsonbody import JsonBodyError, parse_json
 from app.runtime.models import Sampling, ThinkingReport, ToolCall, Usage
@@ -234,6 +234,31 @@ def check_tool_offer(req: ChatRequest) -> None:
         raise _bad("stop sequences must not be empty", "stop")
 
 
+TASK_PROMPT_MARK = "### Task:"
+
+
+def is_task_prompt(req: ChatRequest) -> bool:
+    """Whether `req` looks like a chat UI's background task rather than a conversation turn.
+
+    A heuristic, for Open WebUI (0.12): its title, tags and follow-up calls (and its query,
+    autocomplete and emoji ones) are not streamed, carry no session and no `metadata` marker
+    to the backend (it takes `metadata.task` off), and are one user message whose text starts
+    with `### Task:` (its default prompt templates), after any system messages a model's own
+    system prompt adds. A real turn has a conversation, or is streamed."""
+    if req.stream or req.session_id is not None or not req.messages:
+        return False
+    *head, last = req.messages
+    if last.get("role") != "user" or any(
+        m.get("role") not in ("system", "developer") for m in head
+    ):
+        return False
+    content = last.get("content")
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        content = texts[0] if texts else None
+    return isinstance(content, str) and content.lstrip().startswith(TASK_PROMPT_MARK)
+
+
 def check_tool_results(history: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
     """Every `tool` message in `new` answers a call of an earlier assistant message (in the
     stored `history` or earlier in `new`) that has no answer yet."""
@@ -336,13 +361,50 @@ def tool_calls_body(calls: list[ToolCall]) -> list[dict[str, Any]]:
     ]
 
 
+TOOL_STEP_ARGUMENTS_CHARS = 200
+TOOL_STEP_RESULT_CHARS = 200
+
+
+def _clip(text: str, limit: int) -> str:
+    """`text` on one line, cut to `limit` characters (an ellipsis marks the cut)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def tool_step_line(step: ToolProgress) -> str:
+    """A server tool step as a line of `reasoning_content`, for clients that show only standard
+    fields: `\n[name] {arguments} → result\n`, both parts cut to about 200 characters.
+
+    Display only: the doors add it to what they send, never to the run's messages, so it is
+    never stored as the model's reasoning nor sent to the model."""
+    try:
+        arguments = orjson.dumps(orjson.loads(step.arguments)).decode()
+    except orjson.JSONDecodeError:
+        arguments = step.arguments
+    result = step.output if step.output is not None else "(no result yet)"
+    return (
+        f"\n[{step.name}] {_clip(arguments, TOOL_STEP_ARGUMENTS_CHARS)} → "
+        f"{_clip(result, TOOL_STEP_RESULT_CHARS) or '(no output)'}\n"
+    )
+
+
 def completion_body(
-    result: RunResult, *, cid: str, model: str, session_id: str | None
+    result: RunResult,
+    *,
+    cid: str,
+    model: str,
+    session_id: str | None,
+    tool_steps: bool = False,
 ) -> dict[str, Any]:
+    """The chat-completion body of a run; with `tool_steps`, `reasoning_content` starts with a
+    `tool_step_line` for each server tool step of the run (the run's result is not changed)."""
+    reasoning = result.reasoning
+    if tool_steps and result.tool_steps:
+        reasoning = "".join(tool_step_line(s) for s in result.tool_steps) + (reasoning or "")
     message: dict[str, Any] = {
         "role": "assistant",
         "content": result.content,
-        "reasoning_content": result.reasoning,
+        "reasoning_content": reasoning,
     }
     if result.client_tool_calls:
         message["tool_calls"] = tool_calls_body(result.client_tool_calls)

@@ -44,7 +44,12 @@ from app.agent.approval import approval_prompt, declined_results, is_approval
 from app.agent.loop import AgentRun
 from app.agent.models import Final, Paused, RunConfig, RunResult
 from app.agent.prompt import image_refs
-from app.agent.protocol import ChatRequest, check_tool_results, normalise_messages
+from app.agent.protocol import (
+    ChatRequest,
+    check_tool_results,
+    is_task_prompt,
+    normalise_messages,
+)
 from app.config import Settings
 from app.errors import InvalidRequestError
 from app.media.intake import IMAGE_PART_TYPES, ImageBudget, ImageIntake
@@ -341,7 +346,11 @@ def run_config(
     operator disabled stay unavailable, and write permission always comes from the operator.
     Server tools nobody named (neither the request's nor the session's `server_tools`) are
     all available ones, except for a request that declares its own `tools`: it gets none unless
-    the operator's policy says `server_tools_with_client_tools`.
+    the operator's policy says `server_tools_with_client_tools`; and a chat UI's background task
+    call (`is_task_prompt`) gets none unless `task_prompts_without_tools` is off. A client tool
+    named like a server tool wins: that server tool is left out of the request's offer, so a
+    call to the name goes back to the client (stateless UIs such as Open WebUI bring their own
+    `calculator`).
     """
     base_policy = base_policy or ToolPolicy()  # the safe default: no writes
     check_temperature(req.temperature, settings)
@@ -359,6 +368,8 @@ def run_config(
         if base_policy.is_enabled(name)
     ]
     wanted = req.server_tools if req.server_tools is not None else options.server_tools
+    if wanted is None and settings.task_prompts_without_tools and is_task_prompt(req):
+        wanted = []  # a UI's title/tags/follow-up call: tool schemas would only cost prompt
     if wanted is None:
         wanted = available if not req.tools or base_policy.server_tools_with_client_tools else []
     unknown = sorted(set(wanted) - set(available))
@@ -368,6 +379,7 @@ def run_config(
             f"available: {', '.join(available) or 'none'}",
             param="server_tools",
         )
+    client_names = {t.function.name for t in req.tools or []}
     config = RunConfig(
         thinking=thinking,
         thinking_budget=budget,
@@ -377,7 +389,7 @@ def run_config(
             else options.preserve_thinking
         ),
         max_steps=settings.agent_max_steps,
-        server_tools=[name for name in wanted if name in available],
+        server_tools=[name for name in wanted if name in available and name not in client_names],
         client_tools=[t.model_dump(exclude_none=True) for t in req.tools or []],
         tool_choice=req.tool_choice,
         max_answer_tokens=req.answer_tokens(),

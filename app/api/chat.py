@@ -39,6 +39,7 @@ from app.agent.protocol import (
     completion_body,
     completion_id,
     parse_chat_request,
+    tool_step_line,
 )
 from app.agent.turn import assemble_turn
 from app.api.deps import Owner, ServicesDep
@@ -149,7 +150,13 @@ async def chat_completions(request: Request, services: ServicesDep, owner: Owner
         )
         result = await assembled.run.run()
         session_id = await _commit(turn, req, result)
-        body = completion_body(result, cid=completion_id(), model=model, session_id=session_id)
+        body = completion_body(
+            result,
+            cid=completion_id(),
+            model=model,
+            session_id=session_id,
+            tool_steps=services.settings.tool_steps_in_reasoning,
+        )
         await turn.record(body)
     return JSONResponse(body)
 
@@ -199,6 +206,7 @@ async def _stream(
         run = assembled.run
         writer = ChunkWriter(cid=completion_id(), model=model)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        show_steps = services.settings.tool_steps_in_reasoning
         result: RunResult | None = None
         started = False
         try:
@@ -225,12 +233,21 @@ async def _stream(
                                 "status": event.status,
                             }
                         )
+                        if event.status != "started" and show_steps:
+                            # Display only: never part of the run's messages (see tool_step_line).
+                            yield writer.reasoning(tool_step_line(event))
                     elif isinstance(event, RunDone):
                         result = event.result
             assert result is not None
             session_id = await _commit(turn, req, result)
             await turn.record(
-                completion_body(result, cid=completion_id(), model=model, session_id=session_id)
+                completion_body(
+                    result,
+                    cid=completion_id(),
+                    model=model,
+                    session_id=session_id,
+                    tool_steps=show_steps,
+                )
             )
         except CascadeError as exc:
             if not started:

@@ -33,6 +33,9 @@ its `max_tokens`, which the runtime holds exactly with thinking off.
 Non-streamed calls with thinking on are streamed internally for the same reason; the result is
 the aggregate. Usage of both requests is summed; `ThinkingReport.closed_by_guard` says the guard
 stepped in.
+
+With thinking on, the answer is handed on without the blank lines the model writes after
+`</think>` (`app.runtime.answer_start`), streamed or not, so every door gets the same content.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import structlog
 
 from app.config import Settings
 from app.runtime.aggregate import collect
+from app.runtime.answer_start import trim_answer_start, without_leading_blank_lines
 from app.runtime.body import answer_allowance, new_rid
 from app.runtime.models import (
     Chunk,
@@ -101,6 +105,8 @@ class GuardedRuntime:
     async def complete(self, req: RuntimeRequest, *, rid: str | None = None) -> Completion:
         if not req.thinking or req.thinking_budget is None:
             completion = await self.inner.complete(req, rid=rid)
+            if req.thinking:
+                completion.content = without_leading_blank_lines(completion.content)
             completion.thinking = ThinkingReport(
                 enabled=req.thinking,
                 budget=req.thinking_budget,
@@ -111,7 +117,11 @@ class GuardedRuntime:
         async with aclosing(self.stream(req, rid=rid)) as chunks:
             return await collect(chunks, rid=rid, model=await self.inner.model_name())
 
-    async def stream(self, req: RuntimeRequest, *, rid: str | None = None) -> ChunkStream:
+    def stream(self, req: RuntimeRequest, *, rid: str | None = None) -> ChunkStream:
+        chunks = self._guarded(req, rid=rid)
+        return trim_answer_start(chunks) if req.thinking else chunks
+
+    async def _guarded(self, req: RuntimeRequest, *, rid: str | None = None) -> ChunkStream:
         rid = rid or new_rid()
         if not req.thinking or req.thinking_budget is None:
             async with aclosing(self.inner.stream(req, rid=rid)) as chunks:
