@@ -23,6 +23,7 @@ from app.api.batches_api import running_coordinator
 from app.api.chat import router as chat_router
 from app.api.config import HttpSettings
 from app.api.deps import ServicesDep
+from app.api.error_ring import ErrorRing, ErrorRingMiddleware
 from app.api.errors import install_error_handlers
 from app.api.files_api import router as files_router
 from app.api.http_guard import RequestGuardMiddleware
@@ -124,6 +125,9 @@ def create_app(
         cors_origins=settings.cors_origins,
         chat_body_cap=chat_body_cap(http, MediaSettings.load()),
     )
+    # Outside the guard, so its refusals are recorded too; inside the request id, which it reads.
+    app.state.error_ring = ErrorRing()
+    app.add_middleware(ErrorRingMiddleware, ring=app.state.error_ring)
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(chat_router)

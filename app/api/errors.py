@@ -11,7 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
+from app.api.error_ring import ERROR_CODE_STATE
 from app.api.responses import JSONResponse
 from app.errors import (
     CascadeError,
@@ -23,7 +25,11 @@ from app.errors import (
 log = structlog.get_logger(__name__)
 
 
-def error_response(error: CascadeError) -> JSONResponse:
+def error_response(error: CascadeError, scope: Scope | None = None) -> JSONResponse:
+    """The error's JSON response; with the request's `scope`, its code is also left where the
+    recent-errors ring reads it (`app.api.error_ring`)."""
+    if scope is not None:
+        scope.setdefault("state", {})[ERROR_CODE_STATE] = error.code
     return JSONResponse(error.to_body(), status_code=error.status, headers=error.headers)
 
 
@@ -41,38 +47,41 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CascadeError)
-    async def _cascade(_: Request, exc: CascadeError) -> JSONResponse:
+    async def _cascade(request: Request, exc: CascadeError) -> JSONResponse:
         if exc.status >= 500:
             log.warning("request_failed", status=exc.status, code=exc.code)
-        return error_response(exc)
+        return error_response(exc, request.scope)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return error_response(InvalidRequestError(message, param=param))
+        return error_response(InvalidRequestError(message, param=param), request.scope)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = CascadeError(
             "not found" if exc.status_code == 404 else "request not allowed",
             code="not_found" if exc.status_code == 404 else "http_error",
         )
         error.status = exc.status_code
         error.type = "invalid_request_error"
-        return error_response(error)
+        return error_response(error, request.scope)
 
     @app.exception_handler(RedisError)
-    async def _storage(_: Request, exc: RedisError) -> JSONResponse:
+    async def _storage(request: Request, exc: RedisError) -> JSONResponse:
         log.warning("redis_unavailable", exc_type=type(exc).__name__)
         return error_response(
             RuntimeUnavailableError(
                 "cascade's storage (Redis) is not answering; retry shortly",
                 retry_after=2,
                 code="storage_unavailable",
-            )
+            ),
+            request.scope,
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled_exception", exc_type=type(exc).__name__, exc_info=exc)
-        return error_response(InternalError("internal error; the operator can find it in the log"))
+        return error_response(
+            InternalError("internal error; the operator can find it in the log"), request.scope
+        )

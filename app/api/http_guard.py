@@ -208,7 +208,7 @@ class RequestGuardMiddleware:
 
     @staticmethod
     async def _answer(scope: Scope, send: Send, error: CascadeError, *, close: bool) -> None:
-        response = error_response(error)
+        response = error_response(error, scope)
         if close:
             # The unread body is left behind: the connection cannot be reused.
             response.headers["connection"] = "close"
