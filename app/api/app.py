@@ -31,6 +31,8 @@ from app.api.middleware import RequestIdMiddleware
 from app.api.responses import JSONResponse
 from app.api.responses_api import router as responses_router
 from app.api.sessions_api import router as sessions_router
+from app.api.status import router as status_router
+from app.api.status_auth import StatusAuth
 from app.api.tools_api import router as tools_router
 from app.batches.config import BatchSettings
 from app.batches.store import BatchStore
@@ -129,6 +131,7 @@ def create_app(
     app.state.error_ring = ErrorRing()
     app.add_middleware(ErrorRingMiddleware, ring=app.state.error_ring)
     app.add_middleware(RequestIdMiddleware)
+    app.state.status_auth = StatusAuth(settings)
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(responses_router)
@@ -136,6 +139,7 @@ def create_app(
     app.include_router(files_router)
     app.include_router(tools_router)
     app.include_router(batches_router)
+    app.include_router(status_router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
