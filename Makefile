@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 SGLANG_VERSION := 0.5.23
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test unit lint bench live redis-server contract-deps clean
+.PHONY: setup run test unit lint bench live redis-server chromium contract-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cascade needs Python 3.11+"'
@@ -34,6 +34,13 @@ redis-server:
 	  echo "installing redis-server"; $(SUDO) apt-get update -qq && \
 	  $(SUDO) apt-get install -y -qq redis-server; }
 
+# The status page's browser test drives Debian's chromium (Playwright's own browser downloads
+# are not used: tests launch /usr/bin/chromium).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "installing chromium"; $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq chromium; }
+
 run: setup redis-server
 	$(VENV)/bin/cascade up
 
@@ -42,7 +49,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy app tools workers
 
-test: contract-deps redis-server lint
+test: contract-deps redis-server chromium lint
 	$(PY) -m pytest -q
 
 # The fast loop while editing: unit tests only (no Redis, no subprocess servers), under 15 s.

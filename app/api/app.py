@@ -14,7 +14,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from starlette.responses import Response
 
 from app import __version__
 from app.api.auth import authenticate
@@ -24,14 +25,19 @@ from app.api.chat import router as chat_router
 from app.api.config import HttpSettings
 from app.api.conversations_api import router as conversations_router
 from app.api.deps import ServicesDep
+from app.api.error_ring import ErrorRing, ErrorRingMiddleware
 from app.api.errors import install_error_handlers
 from app.api.files_api import router as files_router
 from app.api.http_guard import RequestGuardMiddleware
 from app.api.middleware import RequestIdMiddleware
+from app.api.ollama_api import ollama_root
 from app.api.ollama_api import router as ollama_router
 from app.api.responses import JSONResponse
 from app.api.responses_api import router as responses_router
 from app.api.sessions_api import router as sessions_router
+from app.api.status import router as status_router
+from app.api.status import status_page
+from app.api.status_auth import StatusAuth
 from app.api.tools_api import router as tools_router
 from app.batches.config import BatchSettings
 from app.batches.store import BatchStore
@@ -42,6 +48,9 @@ from app.runtime import RuntimeHealth, SGLangClient
 from app.services import open_services
 
 log = structlog.get_logger(__name__)
+
+# User-Agents of Ollama's own clients (the Python and JavaScript libraries, the CLI).
+OLLAMA_AGENTS = ("ollama-python/", "ollama-js/", "ollama/")
 
 # Seconds each readiness probe may take; they run side by side, so /readyz answers within this
 # whatever the client timeouts are (a probe that needs longer means "not ready" anyway).
@@ -126,7 +135,11 @@ def create_app(
         cors_origins=settings.cors_origins,
         chat_body_cap=chat_body_cap(http, MediaSettings.load()),
     )
+    # Outside the guard, so its refusals are recorded too; inside the request id, which it reads.
+    app.state.error_ring = ErrorRing()
+    app.add_middleware(ErrorRingMiddleware, ring=app.state.error_ring)
     app.add_middleware(RequestIdMiddleware)
+    app.state.status_auth = StatusAuth(settings)
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(responses_router)
@@ -136,6 +149,17 @@ def create_app(
     app.include_router(tools_router)
     app.include_router(batches_router)
     app.include_router(ollama_router)
+    app.include_router(status_router)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def root(request: Request, services: ServicesDep) -> Response:
+        """Shared by two kinds of caller: an Ollama client probing for a server (its
+        User-Agent names it, or it only asks HEAD) gets Ollama's answer; everyone else, a
+        browser first, gets the operator's status page."""
+        agent = request.headers.get("user-agent", "").lower()
+        if request.method == "HEAD" or agent.startswith(OLLAMA_AGENTS):
+            return ollama_root()
+        return await status_page(request, services)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -207,7 +207,8 @@ async def create_image_questions_job(
     return JSONResponse(batch.to_openai())
 
 
-def _thumbnail(image: Image.Image) -> bytes:
+def thumbnail_jpeg(image: Image.Image) -> bytes:
+    """A JPEG of at most `THUMBNAIL_SIZE` pixels a side (the image is shrunk in place)."""
     image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     out = io.BytesIO()
     image.convert("RGB").save(out, format="JPEG", quality=75)
@@ -233,7 +234,7 @@ async def batch_image_thumbnail(
     ):
         raise NotFoundError("no such image", code="image_not_found")
     image = await media.load_image(ImageRef(sha256, 1, 1, "image/jpeg"))
-    data = await asyncio.to_thread(_thumbnail, image)
+    data = await asyncio.to_thread(thumbnail_jpeg, image)
     return Response(
         data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
     )

@@ -12,7 +12,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
+from app.api.error_ring import ERROR_CODE_STATE
 from app.api.responses import JSONResponse
 from app.errors import (
     CascadeError,
@@ -27,8 +29,13 @@ log = structlog.get_logger(__name__)
 OLLAMA_PREFIX = "/api/"
 
 
-def error_response(error: CascadeError, *, path: str = "") -> JSONResponse:
-    """The response for `error` on a request to `path` (Ollama's shape under `/api/`)."""
+def error_response(error: CascadeError, scope: Scope | None = None) -> JSONResponse:
+    """The error's JSON response (Ollama's shape for a request under `/api/`); with the
+    request's `scope`, its code is also left where the recent-errors ring reads it
+    (`app.api.error_ring`)."""
+    path = scope.get("path", "") if scope is not None else ""
+    if scope is not None:
+        scope.setdefault("state", {})[ERROR_CODE_STATE] = error.code
     body = {"error": error.message} if path.startswith(OLLAMA_PREFIX) else error.to_body()
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
@@ -50,12 +57,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _cascade(request: Request, exc: CascadeError) -> JSONResponse:
         if exc.status >= 500:
             log.warning("request_failed", status=exc.status, code=exc.code)
-        return error_response(exc, path=request.url.path)
+        return error_response(exc, request.scope)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return error_response(InvalidRequestError(message, param=param), path=request.url.path)
+        return error_response(InvalidRequestError(message, param=param), request.scope)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -65,7 +72,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         error.status = exc.status_code
         error.type = "invalid_request_error"
-        return error_response(error, path=request.url.path)
+        return error_response(error, request.scope)
 
     @app.exception_handler(RedisError)
     async def _storage(request: Request, exc: RedisError) -> JSONResponse:
@@ -76,13 +83,12 @@ def install_error_handlers(app: FastAPI) -> None:
                 retry_after=2,
                 code="storage_unavailable",
             ),
-            path=request.url.path,
+            request.scope,
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled_exception", exc_type=type(exc).__name__, exc_info=exc)
         return error_response(
-            InternalError("internal error; the operator can find it in the log"),
-            path=request.url.path,
+            InternalError("internal error; the operator can find it in the log"), request.scope
         )

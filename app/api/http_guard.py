@@ -6,7 +6,9 @@ One ASGI middleware in front of every route. Contracts:
   listed in `CASCADE_CORS_ORIGINS` (default: none). Browsers send `Origin` on every cross-site
   POST, including the "simple" ones that skip a CORS preflight (`text/plain`, forms), so a web
   page can never drive cascade (and its tools) through the visitor's browser. Allowed origins
-  get CORS answers (preflight and response headers); nobody else does.
+  get CORS answers (preflight and response headers); nobody else does. One exception: the
+  status page's login and logout (`SAME_ORIGIN_PATHS`) also accept an Origin that names this
+  server itself, since the page cascade serves posts there.
 - **Media types.** A request with a body must be `application/json` (or `+json`), except the
   file upload, which must be `multipart/form-data`; anything else is a 415 before it is read.
 - **Size.** A body larger than its endpoint's cap is a 413: at once when `Content-Length` says
@@ -50,6 +52,12 @@ IMAGE_BODY_PATHS = frozenset(
         "/api/generate",
     }
 )
+# The status page's own login and logout (`app.api.status`): there, and only there, an Origin
+# naming this very server (the request's scheme and Host) is accepted as well. Browsers send
+# Origin on same-origin POSTs too; elsewhere no page of cascade's posts, and DNS rebinding makes
+# "the same host" weak evidence (on these two routes it gains an attacker nothing: a login
+# needs a key, and its cookie is set for the attacker's host name, not cascade's).
+SAME_ORIGIN_PATHS = frozenset({"/status/login", "/status/logout"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _EXPOSED = "x-request-id, retry-after, idempotent-replayed"
 
@@ -59,6 +67,14 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
+
+
+def _same_origin(scope: Scope, origin: str) -> bool:
+    host = _header(scope, b"host")
+    if host is None:
+        return False
+    own = f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}"
+    return origin.lower() == own.lower()
 
 
 def _is_json(content_type: str) -> bool:
@@ -102,7 +118,11 @@ class RequestGuardMiddleware:
             return
         raw_origin = _header(scope, b"origin")
         origin = raw_origin.decode("latin-1") if raw_origin is not None else None
-        if origin is not None and not self._allowed(origin):
+        if (
+            origin is not None
+            and not self._allowed(origin)
+            and not (scope["path"] in SAME_ORIGIN_PATHS and _same_origin(scope, origin))
+        ):
             log.warning("origin_refused", path=scope["path"])
             error = ForbiddenError(
                 "cross-origin requests are not allowed from this origin; the operator can allow "
@@ -216,7 +236,7 @@ class RequestGuardMiddleware:
 
     @staticmethod
     async def _answer(scope: Scope, send: Send, error: CascadeError, *, close: bool) -> None:
-        response = error_response(error, path=scope["path"])
+        response = error_response(error, scope)
         if close:
             # The unread body is left behind: the connection cannot be reused.
             response.headers["connection"] = "close"

@@ -122,9 +122,9 @@ async def _context_length(services: Services) -> int | None:
 # ----------------------------------------------------------------------------- model endpoints
 
 
-@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-async def root() -> PlainTextResponse:
-    """What Ollama answers at its root; clients probe it to see that a server is there."""
+def ollama_root() -> PlainTextResponse:
+    """What Ollama answers at its root; clients probe it to see that a server is there (the
+    root route, shared with the status page, is `app.api.app`'s)."""
     return PlainTextResponse("Ollama is running")
 
 

@@ -32,6 +32,7 @@ Contracts:
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -158,6 +159,22 @@ _TOUCH_CHUNK = 256
 
 StartOutcome = Literal["run", "skip", "done"]
 FinishOutcome = Literal["written", "duplicate", "sealed"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """A batch worker as Redis sees it: `alive` (its heartbeat key exists), the queue entries
+    it holds (`pending`) and the seconds since it last read the queue (None: it never did)."""
+
+    name: str
+    alive: bool
+    pending: int
+    idle_seconds: float | None
+
+
+def _glob_escape(text: str) -> str:
+    """`text` matched literally in a Redis MATCH pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,6 +595,38 @@ class JobQueue:
         """custom_id → the worker running it now, for the batch's started, unfinished items."""
         raw = await self.redis.hgetall(self.keys.running(batch_id))
         return {_s(k): _s(v) for k, v in raw.items()}
+
+    async def workers(self, *, limit: int = 100) -> list[WorkerState]:
+        """The workers Redis knows of, by name: those with a live heartbeat key, and the
+        consumers of the queue's group (a consumer without a heartbeat is a worker that died
+        or stopped; its pending entries wait for a reclaim). At most `limit`, live ones first.
+        """
+        pattern = _glob_escape(self.keys.worker("")) + "*"
+        names: set[str] = set()
+        async for key in self.redis.scan_iter(match=pattern, count=200):
+            names.add(_s(key)[len(self.keys.worker("")) :])
+            if len(names) >= limit:
+                break
+        try:
+            consumers = await self.redis.xinfo_consumers(self._stream, GROUP)
+        except ResponseError as exc:
+            if "no such key" not in str(exc).lower() and not _lost_group(exc):
+                raise
+            consumers = []  # no batch was ever queued, or Redis lost the stream
+        by_name = {_s(c.get("name")): c for c in consumers}
+        states = [
+            WorkerState(
+                name=name,
+                alive=name in names,
+                pending=int(by_name[name].get("pending", 0)) if name in by_name else 0,
+                idle_seconds=(
+                    int(by_name[name].get("idle", 0)) / 1000 if name in by_name else None
+                ),
+            )
+            for name in names | set(by_name)
+        ]
+        states.sort(key=lambda w: (not w.alive, w.name))
+        return states[:limit]
 
     async def seal_when_idle(self, batch_id: str) -> bool:
         """Seal the batch if no live worker (one with a heartbeat) runs one of its items."""

@@ -28,15 +28,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-import jinja2
 
-from app.batches.config import REPO_TEMPLATES
 from app.batches.jobs import IMAGE_SUFFIXES
-from app.batches.lines import line_error_text
+from app.batches.report import collect_results, render_report, report_data
 
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 DEFAULT_URL = "http://127.0.0.1:8080"
-REPORT_TEMPLATE = "batch_report.html.jinja"
 
 
 class CliError(Exception):
@@ -437,85 +434,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- report
 
 
-def _request_view(line: dict[str, Any]) -> tuple[str, str | None]:
-    """(question text, image reference) of a request line."""
-    body = line.get("body") or {}
-    question = ""
-    image: str | None = None
-    for message in body.get("messages") or []:
-        if message.get("role") != "user":
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            question = content
-        elif isinstance(content, list):
-            texts = [p.get("text", "") for p in content if p.get("type") == "text"]
-            question = " ".join(t for t in texts if t) or question
-            for part in content:
-                if part.get("type") == "image_url" and image is None:
-                    ref = part.get("image_url")
-                    image = ref.get("url") if isinstance(ref, dict) else ref
-    return question, image
-
-
-def _image_label(ref: str | None) -> str:
-    if ref is None:
-        return "(no image)"
-    if ref.startswith("data:"):
-        return "inline image"
-    return ref.rsplit("/", 1)[-1] or ref
-
-
 def build_report(api: Api, batch_id: str, *, limit: int) -> dict[str, Any]:
-    """The report's data: the batch and one card per image, each with its questions."""
+    """The report's data (`app.batches.report.report_data`) over the HTTP API."""
     batch = api.get(f"/v1/batches/{batch_id}")
-    results: dict[str, dict[str, Any]] = {}
-    for line in api.lines(batch.get("output_file_id")):
-        results[str(line.get("custom_id"))] = line
-    loose_errors: list[dict[str, Any]] = []
-    for line in api.lines(batch.get("error_file_id")):
-        if line.get("custom_id") is None:
-            loose_errors.append(line)
-        else:
-            results.setdefault(str(line["custom_id"]), line)
-    cards: dict[str, dict[str, Any]] = {}
-    thumbnails: dict[str, str | None] = {}
-    count = 0
-    for request in api.lines(batch["input_file_id"]):
-        if count >= limit:
-            break
-        custom_id = request.get("custom_id")
-        if not isinstance(custom_id, str):
-            continue
-        count += 1
-        question, image = _request_view(request)
-        result = results.get(custom_id) or {}
-        error = line_error_text(result) if result else "no result"
-        body = (result.get("response") or {}).get("body") or {}
-        message = ((body.get("choices") or [{}])[0]).get("message") or {}
-        shas = [i.get("sha256") for i in (body.get("cascade") or {}).get("images") or []]
-        key = image or custom_id
-        card = cards.setdefault(key, {"label": _image_label(image), "thumbnail": None, "items": []})
-        if shas and card["thumbnail"] is None:
-            sha = shas[0]
-            if sha not in thumbnails:
-                thumbnails[sha] = _thumbnail(api, batch_id, sha)
-            card["thumbnail"] = thumbnails[sha]
-        card["items"].append(
-            {
-                "custom_id": custom_id,
-                "question": question,
-                "answer": None if error else message.get("content"),
-                "reasoning": message.get("reasoning_content"),
-                "error": error,
-            }
-        )
-    return {
-        "batch": batch,
-        "cards": list(cards.values()),
-        "loose_errors": [line_error_text(e) for e in loose_errors],
-        "truncated": count >= limit,
-    }
+    results, loose_errors = collect_results(
+        api.lines(batch.get("output_file_id")), api.lines(batch.get("error_file_id"))
+    )
+    return report_data(
+        batch,
+        api.lines(batch["input_file_id"]),
+        results,
+        loose_errors,
+        limit=limit,
+        thumbnail=lambda sha: _thumbnail(api, batch_id, sha),
+    )
 
 
 def _thumbnail(api: Api, batch_id: str, sha: str) -> str | None:
@@ -526,17 +458,6 @@ def _thumbnail(api: Api, batch_id: str, sha: str) -> str | None:
     if response.status_code != 200:
         return None
     return "data:image/jpeg;base64," + base64.b64encode(response.content).decode()
-
-
-def render_report(data: dict[str, Any], template_path: Path | None = None) -> str:
-    """The HTML report (autoescaped: answers and errors are text, never markup)."""
-    path = template_path or (REPO_TEMPLATES / REPORT_TEMPLATE)
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(path.parent)),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    return env.get_template(path.name).render(**data)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from app.errors import (
     UpstreamTimeoutError,
 )
 from app.runtime.body import build_chat_body, new_rid
+from app.runtime.metrics import RuntimeMetrics, parse_metrics
 from app.runtime.models import (
     Chunk,
     ChunkStream,
@@ -475,6 +476,17 @@ class SGLangClient:
         except orjson.JSONDecodeError:
             return None
         return data if isinstance(data, dict) else None
+
+    async def metrics(self) -> RuntimeMetrics | None:
+        """The gauges of the runtime's `/metrics` (`app.runtime.metrics`), or None when it
+        cannot be read now (not reachable, not 200, metrics not enabled). Never raises."""
+        try:
+            response = await self._http.get("/metrics", timeout=3.0)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        return parse_metrics(response.content.decode("utf-8", "replace"))
 
     async def list_models(self) -> dict[str, Any]:
         """The runtime's `/v1/models` body."""

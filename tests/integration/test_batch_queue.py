@@ -217,3 +217,30 @@ async def test_idle_consumers_holding_nothing_are_forgotten(setup: Setup) -> Non
     await setup.queue.forget_idle_consumers("me", idle=0.05)
     rows = await setup.store.redis.xinfo_consumers(setup.queue.keys.stream(), "workers")
     assert {bytes(row["name"]) for row in rows} == {b"holder", b"me"}
+
+
+async def test_workers_lists_heartbeats_and_consumers_that_lost_theirs(
+    redis_server: RedisServer,
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        queue = JobQueue(client)
+        assert await queue.workers() == []  # no stream yet: nothing, and no error
+        await queue.ensure_group()
+        s = Setup(queue, BatchStore(client))
+        await queued(s, 3)
+        await client.set(queue.keys.worker("live-1"), "alive", ex=60)
+        await client.set(queue.keys.worker("idle*2"), "alive", ex=60)  # glob characters
+        await queue.claim("live-1", 1, block_ms=10)
+        await queue.claim("dead-1", 2, block_ms=10)  # a consumer whose heartbeat expired
+        # a key of another prefix is not a worker of this queue
+        await client.set("other:workers:stranger", "alive", ex=60)
+        workers = {w.name: w for w in await queue.workers()}
+    finally:
+        await client.aclose()
+    assert sorted(workers) == ["dead-1", "idle*2", "live-1"]
+    assert workers["live-1"].alive and workers["live-1"].pending == 1
+    assert workers["live-1"].idle_seconds is not None and workers["live-1"].idle_seconds < 5
+    assert not workers["dead-1"].alive and workers["dead-1"].pending == 2
+    assert workers["idle*2"].alive and workers["idle*2"].pending == 0
+    assert workers["idle*2"].idle_seconds is None  # never read the queue

@@ -99,8 +99,11 @@ def test_pull_of_another_model_is_a_clear_error(api: ollama.Client) -> None:
 
 
 def test_root_version_and_running_models(cascade: Cascade, api: ollama.Client) -> None:
-    root = httpx.get(cascade.url + "/", timeout=10)
+    probe = {"user-agent": "ollama-python/0.6.1 (x86_64 linux) Python/3.11.7"}
+    root = httpx.get(cascade.url + "/", headers=probe, timeout=10)
     assert root.status_code == 200 and root.text == "Ollama is running"
+    page = httpx.get(cascade.url + "/", headers={"accept": "text/html"}, timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert httpx.head(cascade.url + "/", timeout=10).status_code == 200
     version = httpx.get(cascade.url + "/api/version", timeout=10).json()
     assert version["version"].count(".") == 2

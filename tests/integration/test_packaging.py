@@ -36,6 +36,8 @@ TEMPLATES = (
     "templates/prompts/describe.jinja",
     "templates/prompts/inventory.jinja",
     "templates/batch_report.html.jinja",
+    "templates/status.html.jinja",
+    "templates/approval.jinja",
 )
 
 FIND_APP = "import importlib.util as u; s = u.find_spec('app'); print(s and s.origin or '')"

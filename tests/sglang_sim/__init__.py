@@ -91,7 +91,8 @@ What is simulated (each point follows SGLang 0.5.23's source, file named)
   when `healthy_after_first_generation`), `/flush_cache` (400 while requests are live),
   `/model_info`, `/server_info` (a subset),
   `/v1/models`, `/v1/models/{id}`, `/metrics` (Prometheus text: num_running_reqs,
-  num_queue_reqs, gen_throughput, cache_hit_rate with SGLang's scheduler labels; token,
+  num_queue_reqs, gen_throughput, token_usage, cache_hit_rate, spec_accept_length with
+  SGLang's scheduler labels, `priority=""` among them when priority scheduling is on; token,
   request and abort counters with tokenizer labels).
 - Faults (`Rule.fault`): http_500, http_429 (+ Retry-After), hang, cut_stream (connection
   dropped without `[DONE]`), malformed_chunk (one chunk that is not JSON); each fires

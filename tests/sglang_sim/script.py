@@ -88,6 +88,7 @@ class SimConfig(BaseModel):
       off): the launch flags reported; they do not change how the simulator behaves.
     - `spec_accept_length`: `sglang:spec_accept_length` in `/metrics` (0 when speculative
       decoding is off).
+    - `max_total_tokens`: `--max-total-tokens`, the KV pool `sglang:token_usage` is a share of.
     - `version`: the SGLang version reported by `/server_info`.
     - `model_info_served_model_name`: False omits `served_model_name` from `/model_info`, as
       SGLang 0.5.15 does.
@@ -123,6 +124,7 @@ class SimConfig(BaseModel):
     enable_priority_scheduling: bool = True
     speculative_algorithm: str | None = "NEXTN"
     spec_accept_length: float = Field(default=2.5, ge=0)
+    max_total_tokens: int = Field(default=262144, ge=1)
     version: str = "0.5.23"
     model_info_served_model_name: bool = True
     reject_images: bool = False

@@ -361,6 +361,17 @@ class Simulator:
             "frontend": "python",
         }
 
+    def _token_usage(self) -> float:
+        """The share of the KV pool (`max_total_tokens`) the running requests hold: their
+        prompt and the tokens generated so far (the cached tree's unlocked pages do not count,
+        as SGLang's evictable tokens do not)."""
+        held = sum(
+            job.record.prompt_tokens + job.record.completion_tokens
+            for job in list(self.jobs.values())
+            if job.running
+        )
+        return min(1.0, held / self.config.max_total_tokens)
+
     def _metrics(self) -> str:
         """Prometheus text with SGLang's metric names and labels (metrics_collector.py)."""
         name = self.config.model_name
@@ -371,6 +382,10 @@ class Simulator:
             "pp_rank": "0",
             "tp_rank": "0",
         }
+        if self.config.enable_priority_scheduling:
+            # The totals of the queue gauges sit under priority="" (`_log_gauge_queue_count`);
+            # the simulator ignores priority, so it has no per-priority breakdown to add.
+            scheduler["priority"] = ""
         tokenizer = {"engine_type": "unified", "model_name": name}
         stats = self.stats
         lines: list[str] = []
@@ -400,6 +415,7 @@ class Simulator:
             self.slots.waiting,
         )
         gauge("sglang:gen_throughput", "The generation throughput (token/s).", stats.throughput())
+        gauge("sglang:token_usage", "The token usage.", self._token_usage())
         gauge("sglang:cache_hit_rate", "The prefix cache hit rate.", stats.hit_rate())
         gauge(
             "sglang:spec_accept_length",
