@@ -13,8 +13,8 @@ a `ChatRequest` and calls `assemble_turn`; none builds an `AgentRun` itself. Her
   once, when a first image arrives);
 - new messages are normalised to the stored form, and a session turn's tool results are
   checked against the calls its stored history made;
-- images in the new messages are checked, processed and stored under one per-turn budget
-  (`ImageBudget`), and replaced by `image_ref` parts;
+- images and videos in the new messages are checked, processed and stored under one per-turn
+  budget (`ImageBudget`), and replaced by `image_ref` / `video_ref` parts;
 - the operator's system prompt is added to a conversation that starts without one.
 
 `assemble_turn` does no model call and writes nothing but images (content-addressed, so a retry
@@ -35,7 +35,7 @@ from app.agent.prompt import image_refs
 from app.agent.protocol import ChatRequest, check_tool_results, normalise_messages
 from app.config import Settings
 from app.errors import InvalidRequestError
-from app.media.intake import IMAGE_PART_TYPES, ImageBudget, ImageIntake
+from app.media.intake import MEDIA_PART_TYPES, ImageBudget, ImageIntake
 from app.runtime.body import check_temperature, grant_budget
 from app.runtime.guard import Runtime
 from app.sessions.models import SessionOptions
@@ -128,7 +128,7 @@ async def _ingest_images(
         m
         for m in messages
         if isinstance(m.get("content"), list)
-        and any(p.get("type") in IMAGE_PART_TYPES for p in m["content"])
+        and any(p.get("type") in MEDIA_PART_TYPES for p in m["content"])
     ]
     if not with_images:
         return []
