@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	  echo "installing python3-venv"; $(SUDO) apt-get update -qq && \
 	  $(SUDO) apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(PIP) install -q -U pip
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,video]'
 	@touch $@
 
 setup: $(VENV)/.installed

@@ -111,10 +111,11 @@ class SharedImages:
     async def ingest(
         self, parts: list[dict[str, Any]], *, owner: str, budget: ImageBudget
     ) -> list[dict[str, Any]]:
-        """`parts` with images replaced by `image_ref` parts; `budget` is the item's limits."""
+        """`parts` with images and videos replaced by `image_ref`/`video_ref` parts; `budget` is
+        the item's limits."""
         out: list[dict[str, Any]] = []
         for index, part in enumerate(parts):
-            if part.get("type") != "image_url":
+            if part.get("type") not in ("image_url", "video_url"):
                 out.append(part)
                 continue
             key = (

@@ -2,7 +2,8 @@
 
 Contracts that keep the runtime's prefix cache warm:
 - the output for a history is a pure function of it: same history, byte-identical messages;
-- image references become `data:` URIs of the stored processed bytes (identical every turn);
+- image and video references become `data:` URIs of the stored processed bytes (identical
+  every turn): `image_url` and `video_url` parts, the forms SGLang's chat endpoint reads;
 - every past assistant turn renders as the model generated it: the runtime is always asked for
   `preserve_thinking` (app/runtime/body.py), under which the chat template writes each
   assistant turn as `<think>\n{reasoning}\n</think>\n\n{content}`, so a thinking-off turn
@@ -38,6 +39,8 @@ _MESSAGE_KEYS = ("role", "content", "reasoning_content", "tool_calls", "tool_cal
 class ImageSource(Protocol):
     async def data_uri(self, ref: dict[str, Any]) -> str: ...
 
+    async def video_data_uri(self, part: dict[str, Any]) -> str: ...
+
 
 async def _content(content: Any, media: ImageSource | None) -> Any:
     if not isinstance(content, list):
@@ -48,6 +51,11 @@ async def _content(content: Any, media: ImageSource | None) -> Any:
             if media is None:
                 raise InvalidRequestError("images are not available on this server")
             out.append({"type": "image_url", "image_url": {"url": await media.data_uri(part)}})
+        elif isinstance(part, dict) and part.get("type") == "video_ref":
+            if media is None:
+                raise InvalidRequestError("videos are not available on this server")
+            url = await media.video_data_uri(part)
+            out.append({"type": "video_url", "video_url": {"url": url}})
         else:
             out.append(part)
     return out

@@ -61,7 +61,8 @@ class StreamOptions(BaseModel):
 
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
-_PART_TYPES = ("text", "input_text", "image_url")
+_PART_TYPES = ("text", "input_text", "image_url", "video_url")
+_MEDIA_PARTS = ("image_url", "video_url")
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 MAX_STOP_SEQUENCES = 4
 
@@ -117,14 +118,14 @@ def _check_parts(content: list[Any], where: str, *, role: str) -> None:
         if not isinstance(part, dict):
             raise _bad("a content part must be an object", at)
         kind = part.get("type")
-        if kind not in _PART_TYPES or (kind == "image_url" and role != "user"):
-            allowed = "text or image_url" if role == "user" else "text"
+        if kind not in _PART_TYPES or (kind in _MEDIA_PARTS and role != "user"):
+            allowed = "text, image_url or video_url" if role == "user" else "text"
             raise _bad(f"{at}.type must be {allowed} in a {role} message", f"{at}.type")
-        if kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
+        if kind in _MEDIA_PARTS:
+            media = part.get(kind)
+            url = media.get("url") if isinstance(media, dict) else media
             if not isinstance(url, str) or not url:
-                raise _bad("image_url.url must be a non-empty string", f"{at}.image_url.url")
+                raise _bad(f"{kind}.url must be a non-empty string", f"{at}.{kind}.url")
         elif not isinstance(part.get("text"), str):
             raise _bad("a text part needs a string `text`", f"{at}.text")
 

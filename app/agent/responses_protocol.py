@@ -3,7 +3,9 @@
 - Requests: `ResponsesRequest` (OpenAI's fields plus cascade's extensions `thinking`,
   `thinking_budget`, `server_tools`, `preserve_thinking`), translated by `to_chat_request` into
   a `ChatRequest` for the turn engine: `input` items become chat messages (`input_image` an
-  `image_url` part, so the same image intake runs; `function_call_output` a `tool` message;
+  `image_url` part, so the same image intake runs, and cascade's own `input_video`
+  (`{"type": "input_video", "video_url": …}` or `file_id`) a `video_url` part;
+  `function_call_output` a `tool` message;
   earlier output items assistant messages), `instructions` a leading system message for this
   response only, `{"type": "web_search"}` the server tool `web_search`. Problems are an
   `InvalidRequestError` naming the field (`input[2].call_id`, `tools[0].name`, ...).
@@ -174,8 +176,14 @@ def _parts(content: list[Any], at: str, role: str) -> list[dict[str, Any]]:
             if not isinstance(url, str) or not url:
                 raise _bad("input_image needs image_url or file_id", f"{where}.image_url")
             out.append({"type": "image_url", "image_url": {"url": url}})
+        elif kind == "input_video" and role == "user":
+            # cascade's extension (OpenAI's Responses API has no video input).
+            url = part.get("video_url") or part.get("file_id")
+            if not isinstance(url, str) or not url:
+                raise _bad("input_video needs video_url or file_id", f"{where}.video_url")
+            out.append({"type": "video_url", "video_url": {"url": url}})
         else:
-            allowed = "input_text or input_image" if role == "user" else "input_text"
+            allowed = "input_text, input_image or input_video" if role == "user" else "input_text"
             raise _bad(f"{where}.type must be {allowed} in a {role} message", f"{where}.type")
     return out
 

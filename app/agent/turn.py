@@ -13,8 +13,8 @@ a `ChatRequest` and calls `assemble_turn`; none builds an `AgentRun` itself. Her
   once, when a first image arrives);
 - new messages are normalised to the stored form, and a session turn's tool results are
   checked against the calls its stored history made;
-- images in the new messages are checked, processed and stored under one per-turn budget
-  (`ImageBudget`), and replaced by `image_ref` parts;
+- images and videos in the new messages are checked, processed and stored under one per-turn
+  budget (`ImageBudget`), and replaced by `image_ref` / `video_ref` parts;
 - the operator's system prompt is added to a conversation that starts without one;
 - a stateless turn (no session, no stored history but a system message, not `store`) goes
   through the ledger (`app/sessions/ledger.py`, one Redis round trip to read): each plain
@@ -52,7 +52,7 @@ from app.agent.protocol import (
 )
 from app.config import Settings
 from app.errors import InvalidRequestError
-from app.media.intake import IMAGE_PART_TYPES, ImageBudget, ImageIntake
+from app.media.intake import MEDIA_PART_TYPES, ImageBudget, ImageIntake
 from app.runtime.body import check_temperature, grant_budget
 from app.runtime.guard import Runtime
 from app.sessions.ledger import ClientHistory, Ledger, Pause, Steps
@@ -307,7 +307,7 @@ async def _ingest_images(
         m
         for m in messages
         if isinstance(m.get("content"), list)
-        and any(p.get("type") in IMAGE_PART_TYPES for p in m["content"])
+        and any(p.get("type") in MEDIA_PART_TYPES for p in m["content"])
     ]
     if not with_images:
         return []

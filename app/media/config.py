@@ -67,6 +67,61 @@ class MediaSettings(CascadeSettings):
         default=64 * MB, ge=1, description="Image input bytes read for one request in total."
     )
 
+    # --- video (needs the `video` extra) ---
+    video_max_bytes: int = Field(default=64 * MB, ge=1, description="Largest single video input.")
+    request_max_videos: int = Field(default=2, ge=0, description="Videos in one request.")
+    video_codecs: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["h264", "vp8", "vp9", "av1"],
+        description=(
+            "Video codecs accepted (FFmpeg names), in MP4/MOV or WebM/Matroska; anything else "
+            "is refused before a frame is decoded."
+        ),
+    )
+    video_max_source_pixels: int = Field(
+        default=3840 * 2160, ge=1, description="Largest frame (width x height) decoded at all."
+    )
+    video_max_seconds: float = Field(default=600.0, gt=0, description="Longest video accepted.")
+    video_max_source_frames: int = Field(
+        default=36_000, ge=2, description="Most frames a video may have (counted before decoding)."
+    )
+    video_max_decode_pixels: int = Field(
+        default=1920 * 1080 * 9000,
+        ge=1,
+        description=(
+            "Pixels one video may make cascade decode in total (frames x width x height, all "
+            "frames: sampling must decode the frames between the ones it keeps)."
+        ),
+    )
+    video_decode_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds one video's decode and re-encode may take."
+    )
+    video_decode_concurrency: int = Field(
+        default=1, ge=1, description="Videos decoded at the same time in one process."
+    )
+    video_fps: float = Field(
+        default=2.0, gt=0, le=60, description="Frames per second sampled (qwen-vl-utils' FPS)."
+    )
+    video_min_frames: int = Field(default=4, ge=2, description="Fewest frames sampled.")
+    video_max_frames: int = Field(default=768, ge=2, description="Most frames sampled.")
+    video_min_pixels: int = Field(
+        default=128 * IMAGE_FACTOR * IMAGE_FACTOR,
+        ge=IMAGE_FACTOR * IMAGE_FACTOR,
+        description="Smallest frame area sent (qwen-vl-utils' VIDEO_MIN_TOKEN_NUM: 128 tokens).",
+    )
+    video_max_pixels: int = Field(
+        default=768 * IMAGE_FACTOR * IMAGE_FACTOR,
+        ge=IMAGE_FACTOR * IMAGE_FACTOR,
+        description="Largest frame area sent (qwen-vl-utils' VIDEO_MAX_TOKEN_NUM: 768 tokens).",
+    )
+    video_total_pixels: int = Field(
+        default=24_576 * IMAGE_FACTOR * IMAGE_FACTOR,
+        ge=IMAGE_FACTOR * IMAGE_FACTOR,
+        description=(
+            "Frame area of all sampled frames together, halved (two frames make one temporal "
+            "patch): about the visual tokens one video costs, times 32x32."
+        ),
+    )
+
     # --- URL fetching ---
     fetch_timeout: float = Field(
         default=15.0, gt=0, description="Seconds one URL fetch may take in total."
@@ -99,7 +154,9 @@ class MediaSettings(CascadeSettings):
     file_max_bytes_batch: int = Field(default=200 * MB, ge=1)
     file_max_bytes_batch_output: int = Field(default=1024 * MB, ge=1)
 
-    @field_validator("fetch_allow_hosts", "fetch_deny_hosts", "local_image_dirs", mode="before")
+    @field_validator(
+        "fetch_allow_hosts", "fetch_deny_hosts", "local_image_dirs", "video_codecs", mode="before"
+    )
     @classmethod
     def _split_lists(cls, value: object) -> object:
         return split_csv(value)
@@ -122,6 +179,10 @@ class MediaSettings(CascadeSettings):
     def _check_pixels(self) -> MediaSettings:
         if self.image_min_pixels > self.image_max_pixels:
             raise ValueError("CASCADE_IMAGE_MIN_PIXELS must not exceed CASCADE_IMAGE_MAX_PIXELS")
+        if self.video_min_pixels > self.video_max_pixels:
+            raise ValueError("CASCADE_VIDEO_MIN_PIXELS must not exceed CASCADE_VIDEO_MAX_PIXELS")
+        if self.video_min_frames > self.video_max_frames:
+            raise ValueError("CASCADE_VIDEO_MIN_FRAMES must not exceed CASCADE_VIDEO_MAX_FRAMES")
         return self
 
     @property

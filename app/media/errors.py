@@ -50,3 +50,21 @@ def human_bytes(count: int) -> str:
             value = count / size
             return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
     return f"{count} bytes"
+
+
+class VideoError(InvalidRequestError):
+    """A video input that cannot be used: not a video, an unsupported codec, over a limit,
+    truncated or corrupt."""
+
+    code = "invalid_video"
+
+
+class VideoExtraMissingError(InvalidRequestError):
+    """Video input arrived, but this installation has no video decoder (`cascade[video]`)."""
+
+    code = "video_extra_missing"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "video input needs the video extra: install cascade[video] (PyAV) on the server"
+        )

@@ -9,7 +9,8 @@ names a partial file. Metadata is an OpenAI file object in the Redis hash
 
 Purposes: `vision` (images for chat messages; checked from their header as image intake
 would check them, so an image that could never be used, a decompression bomb, is refused with
-a 400 and not stored), `batch` (JSONL input of the batch API), and
+a 400 and not stored; videos, recognised by their container, are checked when a message uses
+them, as `app.media.video_decode` checks every video), `batch` (JSONL input of the batch API), and
 `batch_output` (written by cascade's batch workers, never uploaded by clients).
 A crash between the rename and the metadata write leaves an orphan file; `sweep()` removes
 orphans and expired files and can run at any time.
@@ -36,6 +37,7 @@ from app.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from app.media.config import MediaSettings
 from app.media.decode import ImageLimits, check_image
 from app.media.errors import human_bytes
+from app.media.video_decode import sniff_container
 
 log = structlog.get_logger(__name__)
 
@@ -152,16 +154,19 @@ class FileWriter:
                 )
             if self.size == 0:
                 raise InvalidRequestError("file is empty", param="file")
-            if purpose == "vision" and not _looks_like_image(self.head):
+            video = purpose == "vision" and sniff_container(self.head[:16]) is not None
+            if purpose == "vision" and not video and not _looks_like_image(self.head):
                 raise InvalidRequestError(
-                    "vision file is not an image (JPEG, PNG, WEBP, GIF or BMP)", param="file"
+                    "vision file is not an image (JPEG, PNG, WEBP, GIF or BMP) or a video "
+                    "(MP4/MOV, WebM/Matroska)",
+                    param="file",
                 )
             await self._flush()
             fh, self._fh = self._fh, None
             if fh is None:
                 raise RuntimeError("upload already finished")
             await asyncio.to_thread(_close_synced, fh)
-            if purpose == "vision":
+            if purpose == "vision" and not video:
                 limits = ImageLimits.from_settings(self.store.settings)
                 await asyncio.to_thread(_check_image_file, self._tmp, limits)
             file_id = "file-" + secrets.token_hex(12)

@@ -53,14 +53,17 @@ from app.media.fetch import Resolver, SafeFetcher
 from app.media.files import FILE_ID_RE, FileStore
 from app.media.ssrf import FetchPolicy
 from app.media.store import ImageRef, ImageStore
+from app.media.video import VIDEO_PART_TYPES, VideoIntake
 
-__all__ = ["ImageBudget", "ImageIntake", "ImageRef"]
+__all__ = ["MEDIA_PART_TYPES", "ImageBudget", "ImageIntake", "ImageRef"]
 
 log = structlog.get_logger(__name__)
 
 # Bump when the pipeline's output for the same input changes: old aliases are then ignored.
 PIPELINE_VERSION = 2
 IMAGE_PART_TYPES = ("image_url", "image_ref")
+# Parts intake replaces: images, and videos (`app.media.video`).
+MEDIA_PART_TYPES = IMAGE_PART_TYPES + VIDEO_PART_TYPES
 ACCEPT_IMAGE = ("image/*", "application/octet-stream", "binary/octet-stream")
 _URI_CACHE_CHARS = 64 * 1024 * 1024
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -74,6 +77,7 @@ class ImageBudget:
     max_bytes: int
     images: int = 0
     bytes: int = 0
+    videos: int = 0  # counted against `request_max_videos` by the video intake
 
     @classmethod
     def from_settings(cls, settings: MediaSettings) -> ImageBudget:
@@ -132,6 +136,9 @@ class ImageIntake:
         )
         self.policy = FetchPolicy(allow=settings.fetch_allow_hosts, deny=settings.fetch_deny_hosts)
         self.fetcher = SafeFetcher(self.policy, resolver=resolver, transport=transport)
+        self.videos = VideoIntake(
+            redis, settings, fetcher=self.fetcher, policy=self.policy, files=files
+        )
         self.limits = ImageLimits.from_settings(settings)
         settings_digest = json.dumps(
             [
@@ -175,11 +182,15 @@ class ImageIntake:
         budget: ImageBudget | None = None,
     ) -> list[dict[str, Any]]:
         """A copy of `parts` with every `image_url` part replaced by an
-        `image_ref` part, in order. Existing `image_ref` parts must still be stored. The image
-        count is checked before anything is fetched; errors carry the part's index as `param`.
+        `image_ref` part and every `video_url` part by a `video_ref` part
+        (`app.media.video`), in order. Existing `image_ref`/`video_ref` parts must still be
+        stored. The image and video counts are checked before anything is fetched; errors
+        carry the part's index as `param`.
         """
         budget = budget or ImageBudget.from_settings(self.settings)
         budget.add_images(sum(1 for p in parts if p.get("type") in IMAGE_PART_TYPES))
+        budget.videos += sum(1 for p in parts if p.get("type") in VIDEO_PART_TYPES)
+        self.videos.check_count(budget.videos)
         out: list[dict[str, Any]] = []
         for index, part in enumerate(parts):
             kind = part.get("type")
@@ -192,6 +203,8 @@ class ImageIntake:
                     if not await self.store.touch(ref.sha256):
                         raise _expired(ref)
                     out.append(ref.to_part())
+                elif kind in VIDEO_PART_TYPES:
+                    out.append(await self.videos.ingest_part(part, owner=owner, budget=budget))
                 else:
                     out.append(dict(part))
             except CascadeError as exc:
@@ -374,6 +387,10 @@ class ImageIntake:
         uri = f"data:{stored.media_type};base64,{base64.b64encode(data).decode('ascii')}"
         self._remember(ref.sha256, uri)
         return uri
+
+    async def video_data_uri(self, part: Mapping[str, Any]) -> str:
+        """`data:video/mp4;base64,…` of a stored `video_ref` (see `VideoIntake.data_uri`)."""
+        return await self.videos.data_uri(part)
 
     def _remember(self, sha256: str, uri: str) -> None:
         self._uris[sha256] = uri

@@ -29,7 +29,7 @@ from tests.sglang_sim.generation import (
     forced_tool_answer,
     plan_output,
 )
-from tests.sglang_sim.media import ImageError, ImageInfo, prompt_images
+from tests.sglang_sim.media import ImageError, ImageInfo, VideoInfo, prompt_images, prompt_videos
 from tests.sglang_sim.parsing import (
     Delta,
     RequestParsing,
@@ -60,6 +60,7 @@ __all__ = ["CUT_MARKER", "WEIGHT_VERSION", "quiet_cut_connection_logs", "send_js
 
 WEIGHT_VERSION = "default"
 IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
 CUT_MARKER = "sglang-sim: connection cut on purpose"
 _DONE = b"data: [DONE]\n\n"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8")]
@@ -201,14 +202,21 @@ def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
     return ""
 
 
-def _expand_images(tokens: list[str], images: list[ImageInfo]) -> list[str]:
-    """Replace each `<|image_pad|>` by that image's token count of pads unique to the image."""
+def _expand_images(
+    tokens: list[str], images: list[ImageInfo], videos: list[VideoInfo] | None = None
+) -> list[str]:
+    """Replace each `<|image_pad|>` (`<|video_pad|>`) by that image's (video's) token count of
+    pads unique to it."""
     pending = list(images)
+    pending_videos = list(videos or ())
     expanded: list[str] = []
     for token in tokens:
         if token == IMAGE_PAD and pending:
             image = pending.pop(0)
             expanded.extend([f"{IMAGE_PAD}#{image.digest}"] * image.tokens)
+        elif token == VIDEO_PAD and pending_videos:
+            video = pending_videos.pop(0)
+            expanded.extend([f"{VIDEO_PAD}#{video.digest}"] * video.tokens)
         else:
             expanded.append(token)
     return expanded
@@ -258,13 +266,18 @@ def _prepare(
     record.thinking = thinking
     try:
         images = prompt_images(messages)
+        videos = prompt_videos(messages)
     except ImageError as exc:
         raise _Failure(f"Internal server error: {exc}", "InternalServerError", 500) from exc
-    if images and config.reject_images:
+    if (images or videos) and config.reject_images:
         raise _Failure("This model does not accept image inputs.")
-    tokens = _expand_images(tokenize(prompt), images)
+    tokens = _expand_images(tokenize(prompt), images, videos)
     record.prompt_tokens = len(tokens)
     record.image_tokens = sum(image.tokens for image in images)
+    record.videos = [
+        {"frames": v.frames, "kept": v.kept, "width": v.width, "height": v.height, "fps": v.fps}
+        for v in videos
+    ]
     parsing, parser_error = _parsing_for(body, config)
     record.in_think = parsing.in_think
     context = config.context_length

@@ -87,3 +87,84 @@ def prompt_images(messages: Sequence[Mapping[str, Any]]) -> list[ImageInfo]:
                 if isinstance(url, str):
                     found.append(image_info(url))
     return found
+
+
+# --- videos ---
+# SGLang 0.5.23 (`multimodal/processors/qwen_vl.py`, `utils/common.py:load_video`): a
+# `video_url` part's URL (a `data:` URI here; cascade never sends anything else) is decoded
+# (torchcodec or decord), sampled again with qwen-vl-utils' rules at `VIDEO_FPS` (the server's
+# `video_config` can change it), and each kept pair of frames costs (h/32) x (w/32) tokens.
+# A video that cannot be decoded raises ValueError("Could not decode video: …") there; like an
+# undecodable image it ends the request with a 500 here.
+VIDEO_FPS = 2.0
+VIDEO_MIN_FRAMES = 4
+VIDEO_MAX_FRAMES = 768
+URL_VIDEO_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """One video of the prompt: what the runtime decoded and kept, and its token cost."""
+
+    frames: int  # frames in the clip sent
+    kept: int  # frames SGLang's own sampling keeps of them
+    width: int
+    height: int
+    fps: float
+    tokens: int
+    digest: str
+
+
+def _floor2(value: float) -> int:
+    return math.floor(value / 2) * 2
+
+
+def _kept_frames(total: int, fps: float) -> int:
+    """SGLang's `smart_nframes` with the default video config."""
+    low = math.ceil(VIDEO_MIN_FRAMES / 2) * 2
+    high = _floor2(min(VIDEO_MAX_FRAMES, total))
+    nframes = _floor2(min(min(max(total / fps * VIDEO_FPS, low), high), total))
+    if not 2 <= nframes <= total:
+        raise ImageError(f"nframes should in interval [2, {total}], but got {nframes}.")
+    return nframes
+
+
+def video_info(url: str) -> VideoInfo:
+    """Decode the video at `url` (a `data:` URI) as the runtime would, and count its tokens."""
+    import av  # the video extra, installed for the tests
+
+    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    if not url.startswith("data:"):
+        return VideoInfo(0, 0, 0, 0, 0.0, URL_VIDEO_TOKENS, digest)
+    _, _, payload = url.partition(",")
+    try:
+        raw = base64.b64decode(payload, validate=True)
+        with av.open(io.BytesIO(raw)) as container:
+            stream = container.streams.video[0]
+            frames = sum(1 for _ in container.decode(stream))
+            width, height = stream.codec_context.width, stream.codec_context.height
+            fps = float(stream.average_rate or 0)
+    except (binascii.Error, av.FFmpegError, IndexError, ValueError) as exc:
+        raise ImageError(f"Could not decode video: {type(exc).__name__}") from exc
+    if frames < 1 or fps <= 0:
+        raise ImageError("Could not decode video: no frames")
+    kept = _kept_frames(frames, fps)
+    h, w = _resized(height, width)
+    tokens = kept // 2 * (h // FACTOR) * (w // FACTOR)
+    return VideoInfo(frames, kept, width, height, fps, tokens, digest)
+
+
+def prompt_videos(messages: Sequence[Mapping[str, Any]]) -> list[VideoInfo]:
+    """The videos of the conversation, in prompt order."""
+    found: list[VideoInfo] = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if isinstance(part, Mapping) and part.get("type") == "video_url":
+                video = part.get("video_url")
+                url = video.get("url") if isinstance(video, Mapping) else None
+                if isinstance(url, str):
+                    found.append(video_info(url))
+    return found

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 __all__ = [
     "MAX_STOP_COUNT",
@@ -63,7 +63,15 @@ class _ImagePart(BaseModel):
 
 
 class _VideoURL(BaseModel):
+    # SGLang 0.5.23's ChatCompletionMessageContentVideoURL.
     url: str
+    max_dynamic_patch: int | None = None
+    min_dynamic_patch: int | None = None
+    fps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_frames: int | None = Field(default=None, gt=0)
+    max_tokens_per_frame: int | None = Field(default=None, gt=0)
+    max_image_tokens: int | None = Field(default=None, gt=0)
+    max_long_side_pixel: int | None = None
 
 
 class _VideoPart(BaseModel):

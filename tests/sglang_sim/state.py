@@ -35,6 +35,8 @@ class RecordedRequest(BaseModel):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     image_tokens: int = 0
+    # Per `video_url` part: frames and size of the clip as decoded, and the frames kept.
+    videos: list[dict[str, Any]] = []
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     finish_reason: str | None = None
