@@ -7,6 +7,8 @@ never reaches the client.
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,8 +30,15 @@ OLLAMA_PREFIX = "/api/"
 
 
 def error_response(error: CascadeError, *, path: str = "") -> JSONResponse:
-    """The response for `error` on a request to `path` (Ollama's shape under `/api/`)."""
-    body = {"error": error.message} if path.startswith(OLLAMA_PREFIX) else error.to_body()
+    """The response for `error` on a request to `path` (Ollama's shape under `/api/`, with
+    the error's `cascade` detail beside the message when it has one)."""
+    body: dict[str, Any]
+    if path.startswith(OLLAMA_PREFIX):
+        body = {"error": error.message}
+        if error.detail is not None:
+            body["cascade"] = error.detail
+    else:
+        body = error.to_body()
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
