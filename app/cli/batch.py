@@ -33,6 +33,7 @@ import jinja2
 from app.batches.config import REPO_TEMPLATES
 from app.batches.jobs import IMAGE_SUFFIXES
 from app.batches.lines import line_error_text
+from app.batches.tabular import build_table
 
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -98,6 +99,14 @@ class Api:
         except httpx.TransportError as exc:
             raise CliError(f"download of {file_id} failed ({type(exc).__name__})") from None
         return size
+
+    def results_csv(self, batch_id: str, out: IO[bytes]) -> None:
+        """The batch's results as CSV (one column per schema field) to `out`."""
+        try:
+            response = self.http.get(f"/v1/batches/{batch_id}/results", params={"format": "csv"})
+        except httpx.TransportError as exc:
+            raise CliError(f"download of results failed ({type(exc).__name__})") from None
+        out.write(self._check(response).content)
 
     def lines(self, file_id: str | None) -> Iterator[dict[str, Any]]:
         if not file_id:
@@ -246,6 +255,7 @@ def watch(
     interval: float,
     stream: IO[str],
     tty: bool | None = None,
+    csv_out: Path | None = None,
 ) -> int:
     view = ProgressView(stream, tty=tty)
     try:
@@ -275,6 +285,10 @@ def watch(
     if out is not None and batch["status"] != "failed":
         written, errors = download_results(api, batch, out)
         print(f"results: {written}" + (f", errors: {errors}" if errors else ""), file=stream)
+    if csv_out is not None and batch["status"] != "failed":
+        with csv_out.open("wb") as fh:
+            api.results_csv(batch_id, fh)
+        print(f"results table: {csv_out}", file=stream)
     return 0 if batch["status"] == "completed" else 1
 
 
@@ -348,7 +362,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(batch["id"])
             return 0
         out = Path(args.out) if args.out else None
-        return watch(api, batch["id"], out=out, interval=args.interval, stream=sys.stderr)
+        csv_out = Path(args.csv) if args.csv else None
+        return watch(
+            api, batch["id"], out=out, interval=args.interval, stream=sys.stderr, csv_out=csv_out
+        )
     finally:
         api.close()
 
@@ -481,9 +498,11 @@ def build_report(api: Api, batch_id: str, *, limit: int) -> dict[str, Any]:
     cards: dict[str, dict[str, Any]] = {}
     thumbnails: dict[str, str | None] = {}
     count = 0
+    requests: list[dict[str, Any]] = []
     for request in api.lines(batch["input_file_id"]):
         if count >= limit:
             break
+        requests.append(request)
         custom_id = request.get("custom_id")
         if not isinstance(custom_id, str):
             continue
@@ -510,12 +529,31 @@ def build_report(api: Api, batch_id: str, *, limit: int) -> dict[str, Any]:
                 "error": error,
             }
         )
+    table = build_table(requests, results)
+    rows = [
+        {
+            "custom_id": row.custom_id,
+            "image": row.image or "",
+            "thumbnail": thumbnails.get(row.image_sha256 or "") if row.image_sha256 else None,
+            "values": [_cell_text((row.answer or {}).get(name)) for name in table.fields],
+            "error": row.error,
+        }
+        for row in table.rows
+    ]
     return {
         "batch": batch,
+        "fields": table.fields,
+        "rows": rows if table.fields else [],
         "cards": list(cards.values()),
         "loose_errors": [line_error_text(e) for e in loose_errors],
         "truncated": count >= limit,
     }
+
+
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _thumbnail(api: Api, batch_id: str, sha: str) -> str | None:
@@ -581,6 +619,7 @@ def add_batch_parser(sub: Any) -> None:
     run.add_argument("--recursive", "-r", action="store_true", help="include sub-folders")
     run.add_argument("--window", default="24h", help="completion window (default 24h)")
     run.add_argument("--out", "-o", help="write results here when done")
+    run.add_argument("--csv", help="write the results as a table (CSV) here when done")
     run.add_argument("--no-wait", action="store_true", help="print the batch id and exit")
     run.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     run.set_defaults(func=_command(cmd_run))
