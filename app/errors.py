@@ -17,6 +17,8 @@ class CascadeError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str = "internal_error"
+    # Extra data for the client, sent as the error's `cascade` field (never exception text).
+    detail: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -34,15 +36,16 @@ class CascadeError(Exception):
         self.headers = dict(headers or {})
 
     def to_body(self) -> dict[str, Any]:
-        """The OpenAI-shaped error body."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
+        """The OpenAI-shaped error body (with `cascade` when the error carries a detail)."""
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
         }
+        if self.detail is not None:
+            error["cascade"] = self.detail
+        return {"error": error}
 
 
 class ConfigError(CascadeError):
@@ -93,6 +96,20 @@ class UpstreamError(CascadeError):
     status = 502
     type = "server_error"
     code = "runtime_error"
+
+
+class InvalidJsonAnswerError(UpstreamError):
+    """The model's answer did not meet the requested JSON format, also after one retry.
+
+    The raw answer (and its reasoning) is kept in the error's `cascade` detail, so a client
+    (or a batch's error line) still has what the model said.
+    """
+
+    code = "invalid_json_answer"
+
+    def __init__(self, message: str, *, answer: str, reasoning: str | None) -> None:
+        super().__init__(message)
+        self.detail = {"answer": answer, "reasoning": reasoning}
 
 
 class RuntimeUnavailableError(CascadeError):

@@ -52,6 +52,7 @@ from app.batches.queue import JobQueue, QueueItem, ResponseJob
 from app.errors import (
     CascadeError,
     InternalError,
+    InvalidJsonAnswerError,
     InvalidRequestError,
     RuntimeUnavailableError,
 )
@@ -80,6 +81,8 @@ def is_permanent(error: CascadeError) -> bool:
     if isinstance(error, FetchError) and not isinstance(error, URLNotAllowedError):
         # Unreachable or slow image hosts come back; a fetch that is too large does not.
         return error.code == "fetch_too_large"
+    if isinstance(error, InvalidJsonAnswerError):
+        return True  # the run already retried the answer once, with the reason
     return error.status in _PERMANENT
 
 

@@ -15,6 +15,8 @@ typed `RunEnd` (`Final`, `ClientTools`, `Paused`, `MaxSteps`) carried by `RunDon
   grammar on each call that carries it, so re-sending it would force a call on every step;
 - a tool call left in the reasoning or content as text is repaired when it parses cleanly into a
   known tool; otherwise the model is told what was wrong and gets one more try;
+- a JSON `response_format` is handled by `app.agent.structured`: never sent on a step that
+  offers tool calls, the answer checked (and retried once) before its text is streamed;
 - `new_messages` (and `partial_messages()` after an interruption) are whole messages only:
   an interrupted step contributes its text so far as one assistant message, marked interrupted;
 - `on_end`, when given, sees the result of a run that ended (not one cut short) before the
@@ -51,6 +53,7 @@ from app.agent.models import (
 )
 from app.agent.prompt import image_refs, runtime_messages
 from app.agent.repair import extract_calls, has_call_markup
+from app.agent.structured import StructuredAnswer
 from app.errors import InvalidRequestError
 from app.media.intake import ImageIntake
 from app.runtime.aggregate import CompletionBuilder
@@ -133,6 +136,8 @@ class AgentRun:
             t["function"]["name"]: t["function"].get("parameters") or {} for t in self.tool_defs
         }
         self._check_tool_choice()
+        # A JSON answer format: checked, retried once and withheld from tool steps (structured.py).
+        self.answer = StructuredAnswer.for_request(config.sampling.response_format)
         self.confirmed: set[str] = set()
         self.resumed = self._confirmed_pause()
         # Tool results after the last reply: the model already answered the forced choice.
@@ -167,7 +172,7 @@ class AgentRun:
     def _request(self, messages: list[dict[str, Any]]) -> RuntimeRequest:
         left = self._budget_left()
         thinking = self.config.thinking and (left is None or left > 0)
-        return RuntimeRequest(
+        req = RuntimeRequest(
             messages=messages,
             tools=self.tool_defs or None,
             tool_choice=self._tool_choice() if self.tool_defs else None,
@@ -179,6 +184,7 @@ class AgentRun:
             priority=self.config.priority,
             sampling=self.config.sampling,
         )
+        return self.answer.shape(req) if self.answer is not None else req
 
     def _tool_choice(self) -> str | dict[str, Any] | None:
         """The request's tool_choice, except that a forcing one ends with the first reply."""
@@ -207,7 +213,8 @@ class AgentRun:
                     yield ReasoningDelta(chunk.reasoning_content)
                 if chunk.content:
                     self._step_content.append(chunk.content)
-                    yield ContentDelta(chunk.content)
+                    if self.answer is None:  # a structured answer is sent once it is checked
+                        yield ContentDelta(chunk.content)
                 for delta in chunk.tool_calls or ():
                     # Client calls stream on as they arrive, renumbered among client calls;
                     # server calls are the loop's business and stay in.
@@ -468,6 +475,12 @@ class AgentRun:
                     # The retry was unusable too: the run ends with what the model said.
                     last = self.produced[-1]
                     end = Final(last["content"], last["reasoning_content"], "stop")
+                case Final() as final if self.answer is not None:
+                    accepted = self.answer.judge(final, self.produced)
+                    if accepted is not None:
+                        end = accepted
+                        if self.stream and accepted.content:
+                            yield ContentDelta(accepted.content)
                 case Final() as final:
                     end = final
                 case RunTools(server=server, client=client, content=content, reasoning=reasoning):

@@ -50,6 +50,7 @@ from app.agent.protocol import (
     is_task_prompt,
     normalise_messages,
 )
+from app.agent.structured import answer_format
 from app.config import Settings
 from app.errors import InvalidRequestError
 from app.media.intake import MEDIA_PART_TYPES, ImageBudget, ImageIntake
@@ -354,6 +355,7 @@ def run_config(
     """
     base_policy = base_policy or ToolPolicy()  # the safe default: no writes
     check_temperature(req.temperature, settings)
+    answer_format(req.response_format)  # a malformed format is a 400 before any run
     thinking = req.thinking
     budget_wanted = req.thinking_budget
     if req.reasoning_effort is not None and thinking is None:

@@ -6,7 +6,8 @@ with `running_coordinator`, next to the files it reads and writes, restarted if 
 
 Besides OpenAI's endpoints: `POST /v1/jobs/image-questions` (a job expanded into a batch) and
 `GET /v1/batches/{id}/images/{sha256}` (a JPEG thumbnail of an image the batch's items used,
-for reports).
+for reports) and `GET /v1/batches/{id}/results?format=jsonl|csv` (the results as a table,
+`app.batches.tabular`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from app.batches.jobs import (
 from app.batches.models import CreateBatchRequest
 from app.batches.store import BatchStore
 from app.batches.supervise import supervise
+from app.batches.tabular import ResultFormat, build_table, csv_rows, jsonl_rows, parse_lines
 from app.errors import (
     CascadeError,
+    ConflictError,
     InvalidRequestError,
     NotFoundError,
     RuntimeUnavailableError,
@@ -238,3 +241,36 @@ async def batch_image_thumbnail(
     return Response(
         data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
     )
+
+
+@router.get("/v1/batches/{batch_id}/results")
+async def batch_results(
+    batch_id: str,
+    services: ServicesDep,
+    owner: Owner,
+    format: ResultFormat = "jsonl",
+) -> Response:
+    """The finished batch's results as data: one row per input line, one column per schema
+    field, plus custom_id, image and error (`app.batches.tabular`). 409 while it runs."""
+    batch = await _store(services).get(owner, batch_id)
+    if not batch.is_final:
+        raise ConflictError(
+            f"batch {batch_id} has no results yet (status {batch.status})", code="batch_not_done"
+        )
+    files = _file_store(services)
+    results: dict[str, dict[str, object]] = {}
+    for file_id in (batch.output_file_id, batch.error_file_id):
+        if file_id is not None:
+            for line in parse_lines(await files.read_bytes(owner, file_id)):
+                if isinstance(line.get("custom_id"), str):
+                    results.setdefault(line["custom_id"], line)
+    requests = parse_lines(await files.read_bytes(owner, batch.input_file_id))
+    table = await asyncio.to_thread(build_table, requests, results)
+    if format == "csv":
+        body = "".join(csv_rows(table)).encode()
+        media, suffix = "text/csv; charset=utf-8", "csv"
+    else:
+        body = b"".join(jsonl_rows(table))
+        media, suffix = "application/x-ndjson", "jsonl"
+    disposition = f'attachment; filename="{batch_id}-results.{suffix}"'
+    return Response(body, media_type=media, headers={"Content-Disposition": disposition})

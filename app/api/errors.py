@@ -7,6 +7,8 @@ never reaches the client.
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,13 +32,19 @@ OLLAMA_PREFIX = "/api/"
 
 
 def error_response(error: CascadeError, scope: Scope | None = None) -> JSONResponse:
-    """The error's JSON response (Ollama's shape for a request under `/api/`); with the
-    request's `scope`, its code is also left where the recent-errors ring reads it
-    (`app.api.error_ring`)."""
+    """The error's JSON response (Ollama's shape for a request under `/api/`, with the
+    error's `cascade` detail beside the message when it has one); with the request's `scope`,
+    its code is also left where the recent-errors ring reads it (`app.api.error_ring`)."""
     path = scope.get("path", "") if scope is not None else ""
     if scope is not None:
         scope.setdefault("state", {})[ERROR_CODE_STATE] = error.code
-    body = {"error": error.message} if path.startswith(OLLAMA_PREFIX) else error.to_body()
+    body: dict[str, Any]
+    if path.startswith(OLLAMA_PREFIX):
+        body = {"error": error.message}
+        if error.detail is not None:
+            body["cascade"] = error.detail
+    else:
+        body = error.to_body()
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 

@@ -7,6 +7,11 @@ chat-completion request line of a batch input file; the image comes first in the
 the runtime's prefix cache shares it between the questions of the same image, and the media
 intake fetches and processes each distinct image once.
 
+A JSON schema for the answers (`response_schema`) applies to every question; a question given
+as `{"text": ..., "response_schema": ...}` has its own instead. Each becomes the line's
+`response_format` (json_schema, strict), checked by the turn engine like any chat request's;
+such a line offers no server tools, so its first call already carries the format.
+
 custom_ids are `img{i}-q{j}` (1-based image and question numbers, image numbers padded so they
 sort). The input file is generated as a stream: a job over 100,000 images is never held whole.
 """
@@ -32,12 +37,44 @@ from pydantic import (
     model_validator,
 )
 
+from app.agent.structured import answer_format
 from app.batches.models import window_seconds
 from app.errors import InvalidRequestError
 from app.jsonbody import bounded_depth
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"})
 TEMPLATE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.jinja")
+
+
+def _schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": schema, "strict": True},
+    }
+
+
+def _checked_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A schema that is a valid JSON schema (ValueError otherwise)."""
+    if schema is not None:
+        try:
+            answer_format(_schema_format(schema))
+        except InvalidRequestError as exc:
+            raise ValueError(exc.message.replace("json_schema.schema", "response_schema")) from None
+    return schema
+
+
+Schema = Annotated[
+    dict[str, Any] | None, AfterValidator(bounded_depth), AfterValidator(_checked_schema)
+]
+
+
+class Question(BaseModel):
+    """A question with its own answer schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1)
+    response_schema: Schema = None
 
 
 class ImageQuestionsJob(BaseModel):
@@ -48,7 +85,7 @@ class ImageQuestionsJob(BaseModel):
     images: list[str] = Field(default_factory=list)
     folder: str | None = None
     recursive: bool = False
-    questions: list[str] = Field(default_factory=list)
+    questions: list[str | Question] = Field(default_factory=list)
     template: str | None = None
     variables: Annotated[dict[str, Any], AfterValidator(bounded_depth)] = Field(
         default_factory=dict
@@ -57,7 +94,7 @@ class ImageQuestionsJob(BaseModel):
     model: str | None = None
     thinking: bool | None = None
     thinking_budget: int | None = Field(default=None, ge=1)
-    response_schema: Annotated[dict[str, Any] | None, AfterValidator(bounded_depth)] = None
+    response_schema: Schema = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     completion_window: str = "24h"
@@ -73,9 +110,9 @@ class ImageQuestionsJob(BaseModel):
 
     @field_validator("questions")
     @classmethod
-    def _questions(cls, value: list[str]) -> list[str]:
+    def _questions(cls, value: list[str | Question]) -> list[str | Question]:
         for index, item in enumerate(value):
-            if not item.strip():
+            if not (item if isinstance(item, str) else item.text).strip():
                 raise ValueError(f"questions[{index}] must not be empty")
         return value
 
@@ -100,14 +137,29 @@ class ImageQuestionsJob(BaseModel):
             raise ValueError("give questions, a template, or both")
         return self
 
+    def question_texts(self) -> list[str]:
+        return [q if isinstance(q, str) else q.text for q in self.questions]
+
+    def schema_for(self, index: int) -> dict[str, Any] | None:
+        """The answer schema of question `index` (0-based): its own, else the job's."""
+        if index < len(self.questions):
+            question = self.questions[index]
+            if isinstance(question, Question) and question.response_schema is not None:
+                return question.response_schema
+        return self.response_schema
+
     def summary(self, image_count: int) -> dict[str, Any]:
         """What the batch object shows about the job (`job`)."""
+        structured = self.response_schema is not None or any(
+            isinstance(q, Question) and q.response_schema is not None for q in self.questions
+        )
         return {
             "type": "image_questions",
             "images": image_count,
             "folder": self.folder,
-            "questions": self.questions,
+            "questions": self.question_texts(),
             "template": self.template,
+            "structured": structured,
         }
 
 
@@ -202,7 +254,7 @@ def job_prompts(
 ) -> list[str]:
     """The prompt texts for one image: one per question (rendered through the template when
     there is one), or the template alone when there are no questions."""
-    questions: list[str | None] = list(job.questions) or [None]
+    questions: list[str | None] = [*job.question_texts()] or [None]
     if template is None:
         return [q for q in questions if q is not None]
     out = []
@@ -218,8 +270,11 @@ def job_prompts(
     return out
 
 
-def request_body(job: ImageQuestionsJob, source: str, prompt: str) -> dict[str, Any]:
-    """The chat-completion request for one (image, prompt) pair."""
+def request_body(
+    job: ImageQuestionsJob, source: str, prompt: str, *, question: int = 0
+) -> dict[str, Any]:
+    """The chat-completion request for one (image, prompt) pair; `question` is the prompt's
+    question number (0-based), which picks its answer schema."""
     messages: list[dict[str, Any]] = []
     if job.system:
         messages.append({"role": "system", "content": job.system})
@@ -241,11 +296,12 @@ def request_body(job: ImageQuestionsJob, source: str, prompt: str) -> dict[str, 
             body[name] = value
     if job.thinking_budget is not None and job.thinking is None:
         body["thinking"] = True
-    if job.response_schema is not None:
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": "answer", "schema": job.response_schema, "strict": True},
-        }
+    schema = job.schema_for(question)
+    if schema is not None:
+        body["response_format"] = _schema_format(schema)
+        # Offered tools would keep the format off the first step (`app.agent.structured`):
+        # a schema'd question is answered in one call, under the runtime's grammar.
+        body["server_tools"] = []
     return body
 
 
@@ -263,7 +319,7 @@ async def job_lines(
                 "custom_id": f"img{i:0{width}d}-q{j}",
                 "method": "POST",
                 "url": "/v1/chat/completions",
-                "body": request_body(job, source, prompt),
+                "body": request_body(job, source, prompt, question=j - 1),
             }
             data = orjson.dumps(line) + b"\n"
             chunk.append(data)

@@ -1,5 +1,6 @@
 """A batch's HTML report (`templates/batch_report.html.jinja`): one card per image, each with
-its questions and their answers or errors.
+its questions and their answers or errors, and for a structured batch (answers with a schema)
+a table of the answers' fields, one row per result, with the image's thumbnail.
 
 The data is built from the batch object and the lines of its three files, wherever they are
 read from: `cascade batch report` reads them over the HTTP API, the status page
@@ -9,6 +10,7 @@ never markup.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import jinja2
 
 from app.batches.config import REPO_TEMPLATES
 from app.batches.lines import line_error_text
+from app.batches.tabular import build_table
 
 REPORT_TEMPLATE = "batch_report.html.jinja"
 
@@ -82,9 +85,11 @@ def report_data(
     cards: dict[str, dict[str, Any]] = {}
     thumbnails: dict[str, str | None] = {}
     count = 0
+    requests: list[dict[str, Any]] = []
     for request in inputs:
         if count >= limit:
             break
+        requests.append(request)
         custom_id = request.get("custom_id")
         if not isinstance(custom_id, str):
             continue
@@ -111,12 +116,31 @@ def report_data(
                 "error": error,
             }
         )
+    table = build_table(requests, results)
+    rows = [
+        {
+            "custom_id": row.custom_id,
+            "image": row.image or "",
+            "thumbnail": thumbnails.get(row.image_sha256 or "") if row.image_sha256 else None,
+            "values": [_cell_text((row.answer or {}).get(name)) for name in table.fields],
+            "error": row.error,
+        }
+        for row in table.rows
+    ]
     return {
         "batch": batch,
+        "fields": table.fields,
+        "rows": rows if table.fields else [],
         "cards": list(cards.values()),
         "loose_errors": [line_error_text(e) for e in loose_errors],
         "truncated": count >= limit,
     }
+
+
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def render_report(data: dict[str, Any], template_path: Path | None = None) -> str:

@@ -96,6 +96,14 @@ class Api:
             raise CliError(f"download of {file_id} failed ({type(exc).__name__})") from None
         return size
 
+    def results_csv(self, batch_id: str, out: IO[bytes]) -> None:
+        """The batch's results as CSV (one column per schema field) to `out`."""
+        try:
+            response = self.http.get(f"/v1/batches/{batch_id}/results", params={"format": "csv"})
+        except httpx.TransportError as exc:
+            raise CliError(f"download of results failed ({type(exc).__name__})") from None
+        out.write(self._check(response).content)
+
     def lines(self, file_id: str | None) -> Iterator[dict[str, Any]]:
         if not file_id:
             return
@@ -243,6 +251,7 @@ def watch(
     interval: float,
     stream: IO[str],
     tty: bool | None = None,
+    csv_out: Path | None = None,
 ) -> int:
     view = ProgressView(stream, tty=tty)
     try:
@@ -272,6 +281,10 @@ def watch(
     if out is not None and batch["status"] != "failed":
         written, errors = download_results(api, batch, out)
         print(f"results: {written}" + (f", errors: {errors}" if errors else ""), file=stream)
+    if csv_out is not None and batch["status"] != "failed":
+        with csv_out.open("wb") as fh:
+            api.results_csv(batch_id, fh)
+        print(f"results table: {csv_out}", file=stream)
     return 0 if batch["status"] == "completed" else 1
 
 
@@ -345,7 +358,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(batch["id"])
             return 0
         out = Path(args.out) if args.out else None
-        return watch(api, batch["id"], out=out, interval=args.interval, stream=sys.stderr)
+        csv_out = Path(args.csv) if args.csv else None
+        return watch(
+            api, batch["id"], out=out, interval=args.interval, stream=sys.stderr, csv_out=csv_out
+        )
     finally:
         api.close()
 
@@ -502,6 +518,7 @@ def add_batch_parser(sub: Any) -> None:
     run.add_argument("--recursive", "-r", action="store_true", help="include sub-folders")
     run.add_argument("--window", default="24h", help="completion window (default 24h)")
     run.add_argument("--out", "-o", help="write results here when done")
+    run.add_argument("--csv", help="write the results as a table (CSV) here when done")
     run.add_argument("--no-wait", action="store_true", help="print the batch id and exit")
     run.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     run.set_defaults(func=_command(cmd_run))

@@ -47,6 +47,10 @@ What is simulated (each point follows SGLang 0.5.23's source, file named)
   "required" makes it open with a call to an offered tool, a named function makes it exactly
   one call to that tool; a script the grammar would not allow is shaped to fit
   (`tests.sglang_sim.generation.forced_tool_answer` says how).
+- `response_format` (json_object, json_schema) is a JSON grammar on the answer, after
+  `</think>` when thinking (the reasoner grammar), from the first token otherwise; with a
+  forcing tool_choice it is a 400, as in SGLang (`tests.sglang_sim.json_grammar` says how a
+  script is fitted; `Rule.ignore_response_format` scripts a runtime that lets bad JSON out).
 - Thinking is "on" unless the merged `enable_thinking` is false. Then `reasoning_tokens`
   counts every output token up to and including `</think>` (batch_result_processor.py) and
   strict thinking applies `custom_params.thinking_budget` (an int; negative = none): past N
@@ -103,8 +107,8 @@ groups and punctuation runs are one token each). Images count one token per 32x3
 the image resized as Qwen's smart_resize does (size read from a data: URI; 256 for URLs).
 
 Deliberate differences from SGLang
-- Output is scripted, not sampled: sampling parameters, seeds, logprobs and response_format
-  do not change it (a forced tool_choice does, see above; parameter values are checked with
+- Output is scripted, not sampled: sampling parameters, seeds and logprobs do not change it
+  (a forced tool_choice and a JSON response_format do, see above; parameter values are checked with
   jsonschema, not with xgrammar's own JSON-schema grammar). Strict thinking's ban on
   `<tool_call>` and EOS while the runtime believes the model is reasoning is not applied: a
   script may put a call inside its reasoning (the failure mode seen in the wild), and a

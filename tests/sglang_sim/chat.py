@@ -29,6 +29,7 @@ from tests.sglang_sim.generation import (
     forced_tool_answer,
     plan_output,
 )
+from tests.sglang_sim.json_grammar import format_error, json_grammar
 from tests.sglang_sim.media import ImageError, ImageInfo, VideoInfo, prompt_images, prompt_videos
 from tests.sglang_sim.parsing import (
     Delta,
@@ -165,6 +166,9 @@ def _validation_error(config: SimConfig, request: ChatRequest) -> str | None:
             Draft202012Validator.check_schema(tool.function.parameters)  # type: ignore[arg-type]
         except SchemaError as exc:
             return f"Tool {i} function has invalid 'parameters' schema: {exc}"
+    format_problem = format_error(request.response_format, choice)
+    if format_problem is not None:
+        return format_problem
     max_new = request.max_new_tokens
     if max_new is not None and max_new < 0:
         # sampling_params.py `verify`.
@@ -341,8 +345,17 @@ def _plan(config: SimConfig, prepared: _Prepared, rule: Rule | None) -> Plan:
         thinking=prepared.thinking,
         thinking_budget=budget if isinstance(budget, int) else None,
         enforce_budget=not config.ignore_thinking_budget,
-        shape_answer=_tool_grammar(prepared),
+        shape_answer=_answer_grammar(prepared, rule),
     )
+
+
+def _answer_grammar(prepared: _Prepared, rule: Rule | None) -> Callable[[str], str] | None:
+    """The answer's grammar: a forced tool_choice's, else a JSON response_format's (the two
+    together are refused in validation)."""
+    tools = _tool_grammar(prepared)
+    if tools is not None or (rule is not None and rule.ignore_response_format):
+        return tools
+    return json_grammar(prepared.request.response_format)
 
 
 def _tool_grammar(prepared: _Prepared) -> Callable[[str], str] | None:

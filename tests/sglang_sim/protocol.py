@@ -178,6 +178,7 @@ class ChatRequest(BaseModel):
     priority: int | None = None
     session_id: str | None = None
     cache_salt: list[str] | str | None = None
+    response_format: dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -50,7 +50,8 @@ class Rule(BaseModel):
     (no `<think>`) and contains `</think>`; tool calls are `<tool_call>` XML blocks.
     `ttft`/`tpot` override the config's latencies for this rule. `times` is how many
     generations the rule serves before it expires (None = forever); fault firings do not
-    count against it.
+    count against it. `ignore_response_format` lets the output through unshaped by the
+    request's JSON grammar (a runtime that does not apply it; `json_grammar.py`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -62,6 +63,7 @@ class Rule(BaseModel):
     ttft: float | None = Field(default=None, ge=0)
     tpot: float | None = Field(default=None, ge=0)
     times: int | None = Field(default=None, ge=1)
+    ignore_response_format: bool = False
 
 
 class SimConfig(BaseModel):
