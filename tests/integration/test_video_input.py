@@ -174,6 +174,29 @@ def test_the_session_keeps_a_reference_and_resends_the_same_bytes(
     assert sent_parts(sim, 0) == sent_parts(sim, 1)  # byte-identical: the prefix cache holds
 
 
+def test_conversation_items_store_a_video_as_a_reference(local: Cascade) -> None:
+    item = {
+        "type": "message",
+        "role": "user",
+        "content": [
+            {"type": "input_text", "text": "what happens?"},
+            {"type": "input_video", "video_url": data_uri(clip())},
+        ],
+    }
+    created = httpx.post(local.url + "/v1/conversations", json={}, timeout=60)
+    assert created.status_code == 200, created.text
+    conversation_id = created.json()["id"]
+    added = httpx.post(
+        f"{local.url}/v1/conversations/{conversation_id}/items", json={"items": [item]}, timeout=60
+    )
+    assert added.status_code == 200, added.text
+    stored = httpx.get(f"{local.url}/v1/sessions/{conversation_id}").json()["messages"]
+    [ref] = [p for p in stored[0]["content"] if p["type"] != "text"]
+    assert ref["type"] == "video_ref"
+    assert (ref["width"], ref["height"], ref["frames"], ref["fps"]) == (448, 320, 4, "2")
+    assert "data:" not in str(stored)
+
+
 def test_the_responses_door_takes_cascades_input_video_part(local: Cascade, sim: SimHandle) -> None:
     sim.sim.add_rule(Rule(output="ok"))
     response = httpx.post(
