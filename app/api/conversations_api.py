@@ -36,7 +36,7 @@ from app.agent.protocol import normalise_messages
 from app.agent.responses_protocol import ResponsesRequest, to_chat_request
 from app.agent.turn import ingest_media
 from app.api.deps import Owner, ServicesDep
-from app.api.responses import JSONResponse, list_page
+from app.api.responses import JSONResponse, list_page, page_after
 from app.errors import CascadeError, InvalidRequestError, NotFoundError
 from app.services import Services
 from app.sessions.models import SessionInfo
@@ -199,12 +199,9 @@ async def list_items(
     items = [r.item for r in _items(services, conversation_id, messages)]
     if order == "desc":
         items.reverse()
-    if after is not None:
-        ids = [item["id"] for item in items]
-        if after not in ids:
-            raise InvalidRequestError(f"no item {after!r} in this conversation", param="after")
-        items = items[ids.index(after) + 1 :]
-    return JSONResponse(list_page(items[:limit], has_more=len(items) > limit))
+    return JSONResponse(
+        page_after(items, after=after, limit=limit, missing=f"item {after!r} in this conversation")
+    )
 
 
 @router.post("/{conversation_id}/items")
