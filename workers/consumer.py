@@ -459,28 +459,15 @@ class BatchWorker:
 
     async def _execute(self, item: QueueItem) -> dict[str, Any]:
         """The item's chat.completion body; waits out runtime outages (never fails on them)."""
-        while True:
-            await self.runtime_ok.wait()
-            try:
-                return await self._run_once(item)
-            except RuntimeUnavailableError as exc:
-                self._runtime_down(exc)
-            except httpx.TransportError as exc:
-                # A connection that broke mid-response: the runtime went away under us.
-                self._runtime_down(
-                    RuntimeUnavailableError(
-                        f"the runtime connection failed ({type(exc).__name__})", retry_after=1
-                    )
-                )
-            except CascadeError as exc:
-                if is_permanent(exc):
-                    raise
-                raise _Retryable(exc) from None
-            except Exception as exc:  # a bug or an unexpected library error: retry, log it
-                log.exception("batch_item_crashed", custom_id=item.custom_id)
-                raise _Retryable(
-                    InternalError("cascade failed while running this request")
-                ) from exc
+        try:
+            return await self._through_outages(lambda: self._run_once(item))
+        except CascadeError as exc:
+            if is_permanent(exc):
+                raise
+            raise _Retryable(exc) from None
+        except Exception as exc:  # a bug or an unexpected library error: retry, log it
+            log.exception("batch_item_crashed", custom_id=item.custom_id)
+            raise _Retryable(InternalError("cascade failed while running this request")) from exc
 
     async def _run_once(self, item: QueueItem) -> dict[str, Any]:
         try:
@@ -548,23 +535,30 @@ class BatchWorker:
     async def _make_response(self, made: BackgroundResponse) -> str:
         """Run it (waiting out runtime outages, as items do); a failure is its end."""
         ingest = self.images.ingest if self.images is not None else None
+        try:
+            return await self._through_outages(lambda: made.run(ingest=ingest))
+        except CascadeError as exc:
+            failed = await self._redis(functools.partial(made.fail, exc))
+            return "failed" if failed else "stopped"
+
+    # ------------------------------------------------------------------ runtime outages
+
+    async def _through_outages(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()`'s result, started again once the runtime is back after each outage it
+        met (the runtime unavailable, or a connection that broke mid-response)."""
         while True:
             await self.runtime_ok.wait()
             try:
-                return await made.run(ingest=ingest)
+                return await attempt()
             except RuntimeUnavailableError as exc:
                 self._runtime_down(exc)
             except httpx.TransportError as exc:
+                # A connection that broke mid-response: the runtime went away under us.
                 self._runtime_down(
                     RuntimeUnavailableError(
                         f"the runtime connection failed ({type(exc).__name__})", retry_after=1
                     )
                 )
-            except CascadeError as exc:
-                failed = await self._redis(functools.partial(made.fail, exc))
-                return "failed" if failed else "stopped"
-
-    # ------------------------------------------------------------------ runtime outages
 
     def _runtime_down(self, exc: RuntimeUnavailableError) -> None:
         if self.runtime_ok.is_set():

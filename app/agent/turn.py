@@ -126,7 +126,7 @@ async def assemble_turn(
         if ledger and stateless and services.ledger is not None
         else None
     )
-    images = await _ingest_images(services, new, owner=owner, ingest=ingest)
+    images = await ingest_media(services.media, new, owner=owner, ingest=ingest)
     if plan is not None:
         new = plan.conversation(new)  # after intake: recorded steps hold stored images only
     if services.registry is not None:
@@ -297,27 +297,34 @@ class _LedgerTurn:
         return result
 
 
-async def _ingest_images(
-    services: TurnServices,
+async def ingest_media(
+    media: ImageIntake | None,
     messages: list[dict[str, Any]],
     *,
     owner: str,
-    ingest: PartsIngest | None,
+    ingest: PartsIngest | None = None,
+    param: str | None = None,
 ) -> list[dict[str, Any]]:
-    with_images = [
+    """Check, process and store the images and videos of `messages` under one budget
+    (`ImageBudget`), replacing each message's parts in place by `image_ref` / `video_ref`
+    parts; returns the refs (sha256, width, height) of the images.
+
+    `ingest` replaces the intake's own ingestion (see `assemble_turn`). Media on a server
+    without an intake is a 400, naming `param` when given.
+    """
+    with_media = [
         m
         for m in messages
         if isinstance(m.get("content"), list)
         and any(p.get("type") in MEDIA_PART_TYPES for p in m["content"])
     ]
-    if not with_images:
+    if not with_media:
         return []
-    media = services.media
     if media is None:
-        raise InvalidRequestError("images are not enabled on this server")
+        raise InvalidRequestError("images are not enabled on this server", param=param)
     budget = ImageBudget.from_settings(media.settings)
     images: list[dict[str, Any]] = []
-    for message in with_images:
+    for message in with_media:
         if ingest is not None:
             parts = await ingest(message["content"], owner=owner, budget=budget)
         else:

@@ -10,8 +10,9 @@ over the conversation's messages and appends to it (`app.api.responses_api`).
 Items are added, and deleted, under the session's turn lock and with a versioned write, like a
 chat turn: a turn running meanwhile is waited for, and never interleaved. Added items are
 translated like a response's `input` (the same checks: a `function_call_output` must answer a
-call the conversation made), images are stored like a chat turn's. `include` is accepted and
-changes nothing: items carry everything cascade keeps (reasoning as its text).
+call the conversation made), images and videos are stored like a chat turn's (the turn
+engine's `ingest_media`). `include` is accepted and changes nothing: items carry everything
+cascade keeps (reasoning as its text).
 
 Another owner's conversation answers exactly like a missing one (404).
 """
@@ -33,10 +34,10 @@ from app.agent.conversation_items import (
 )
 from app.agent.protocol import normalise_messages
 from app.agent.responses_protocol import ResponsesRequest, to_chat_request
+from app.agent.turn import ingest_media
 from app.api.deps import Owner, ServicesDep
-from app.api.responses import JSONResponse, list_page
+from app.api.responses import JSONResponse, list_page, page_after
 from app.errors import CascadeError, InvalidRequestError, NotFoundError
-from app.media.intake import IMAGE_PART_TYPES, ImageBudget
 from app.services import Services
 from app.sessions.models import SessionInfo
 from app.sessions.store import SessionStore
@@ -130,7 +131,7 @@ async def _messages(
     services: Services, owner: str, items: list[dict[str, Any]], history: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """`items` as the messages to store after `history`: translated and checked like a
-    response's `input` (errors name `items[i]`), normalised, images stored."""
+    response's `input` (errors name `items[i]`), normalised, images and videos stored."""
     request = ResponsesRequest(input=items)
     try:
         translation = to_chat_request(request, stored_history=history, available_server_tools=[])
@@ -142,21 +143,7 @@ async def _messages(
             exc.message.replace("input[", "items["), param="items" + param[len("input") :]
         ) from None
     messages = normalise_messages(translation.request.messages)
-    with_images = [
-        m
-        for m in messages
-        if isinstance(m.get("content"), list)
-        and any(p.get("type") in IMAGE_PART_TYPES for p in m["content"])
-    ]
-    if with_images:
-        media = services.media
-        if media is None:
-            raise InvalidRequestError("images are not enabled on this server", param="items")
-        budget = ImageBudget.from_settings(media.settings)
-        for message in with_images:
-            message["content"] = await media.ingest_message_parts(
-                message["content"], owner=owner, budget=budget
-            )
+    await ingest_media(services.media, messages, owner=owner, param="items")
     return messages
 
 
@@ -212,12 +199,9 @@ async def list_items(
     items = [r.item for r in _items(services, conversation_id, messages)]
     if order == "desc":
         items.reverse()
-    if after is not None:
-        ids = [item["id"] for item in items]
-        if after not in ids:
-            raise InvalidRequestError(f"no item {after!r} in this conversation", param="after")
-        items = items[ids.index(after) + 1 :]
-    return JSONResponse(list_page(items[:limit], has_more=len(items) > limit))
+    return JSONResponse(
+        page_after(items, after=after, limit=limit, missing=f"item {after!r} in this conversation")
+    )
 
 
 @router.post("/{conversation_id}/items")

@@ -1,4 +1,5 @@
-"""A JSON response rendered with orjson (fast, and byte-stable for identical data)."""
+"""A JSON response rendered with orjson (fast, and byte-stable for identical data), and
+OpenAI's cursor-paginated list bodies."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Any
 
 import orjson
 from starlette.responses import Response
+
+from app.errors import InvalidRequestError
 
 
 class JSONResponse(Response):
@@ -24,3 +27,17 @@ def list_page(data: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
         "last_id": data[-1]["id"] if data else None,
         "has_more": has_more,
     }
+
+
+def page_after(
+    items: list[dict[str, Any]], *, after: str | None, limit: int, missing: str
+) -> dict[str, Any]:
+    """The `list_page` of the first `limit` of `items` after the one whose id is `after` (from
+    the first when None); an `after` not among them is a 400 (`no {missing}`, where `missing`
+    reads like "item 'x' in this conversation")."""
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise InvalidRequestError(f"no {missing}", param="after")
+        items = items[ids.index(after) + 1 :]
+    return list_page(items[:limit], has_more=len(items) > limit)

@@ -49,7 +49,7 @@ from app.agent.models import (
 from app.agent.responses_protocol import INCLUDABLE, ResponseEventWriter, parse_responses_request
 from app.agent.responses_turn import ResponsesServices, ResponseTurn, open_turn, response_store
 from app.api.deps import Owner, ServicesDep
-from app.api.responses import JSONResponse, list_page
+from app.api.responses import JSONResponse, page_after
 from app.api.streaming import event_stream, first_event
 from app.errors import CascadeError, InvalidRequestError
 from app.jsonbody import JsonBodyError, parse_json
@@ -279,9 +279,5 @@ async def list_input_items(
     `include` is checked and has nothing to add: the stored items are whole."""
     stored = await _store(services).get(owner, response_id)
     items = stored.input_items if order == "asc" else stored.input_items[::-1]
-    if after is not None:
-        ids = [item["id"] for item in items]
-        if after not in ids:
-            raise InvalidRequestError(f"no input item {after!r} in this response", param="after")
-        items = items[ids.index(after) + 1 :]
-    return JSONResponse(list_page(items[:limit], has_more=len(items) > limit))
+    missing = f"input item {after!r} in this response"
+    return JSONResponse(page_after(items, after=after, limit=limit, missing=missing))

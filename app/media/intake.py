@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import json
 import os
@@ -43,14 +42,18 @@ from PIL import Image
 from app.errors import CascadeError, InvalidRequestError, NotFoundError
 from app.media.config import MediaSettings
 from app.media.decode import ImageLimits, PreparedImage, decode_stored, prepare_image, prepare_pil
-from app.media.errors import (
-    FetchTooLargeError,
-    ImageError,
-    ImagesTooLargeError,
-    human_bytes,
-)
+from app.media.errors import ImageError, ImagesTooLargeError, human_bytes
 from app.media.fetch import Resolver, SafeFetcher
-from app.media.files import FILE_ID_RE, FileStore
+from app.media.files import FileStore
+from app.media.sources import (
+    MediaKind,
+    check_size,
+    decode_data_uri,
+    expired,
+    fetch_within_budget,
+    part_reference,
+    vision_file,
+)
 from app.media.ssrf import FetchPolicy
 from app.media.store import ImageRef, ImageStore
 from app.media.video import VIDEO_PART_TYPES, VideoIntake
@@ -107,16 +110,6 @@ class ImageBudget:
         )
 
 
-def _part_reference(part: Mapping[str, Any]) -> str:
-    """The image reference string of an `image_url` part (`{"url": ...}` or a bare string)."""
-    value: Any = part.get("image_url")
-    if isinstance(value, Mapping):
-        value = value.get("url")
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidRequestError("image_url content part has no image URL")
-    return value.strip()
-
-
 class ImageIntake:
     """Turns image references into stored `ImageRef`s and refs back into runtime input."""
 
@@ -140,6 +133,9 @@ class ImageIntake:
             redis, settings, fetcher=self.fetcher, policy=self.policy, files=files
         )
         self.limits = ImageLimits.from_settings(settings)
+        self.kind = MediaKind(
+            "image", "an image", ACCEPT_IMAGE, ImageError, settings.image_max_bytes
+        )
         settings_digest = json.dumps(
             [
                 PIPELINE_VERSION,
@@ -196,7 +192,8 @@ class ImageIntake:
             kind = part.get("type")
             try:
                 if kind == "image_url":
-                    ref = await self.ingest(_part_reference(part), owner=owner, budget=budget)
+                    url = part_reference(part, self.kind)
+                    ref = await self.ingest(url, owner=owner, budget=budget)
                     out.append(ref.to_part())
                 elif kind == "image_ref":
                     ref = ImageRef.from_part(part)
@@ -219,25 +216,9 @@ class ImageIntake:
         cached = await self.store.get_alias("url", self.variant, url)
         if cached is not None:
             return cached
-        cap = min(self.settings.image_max_bytes, budget.remaining_bytes)
-        if cap <= 0:
-            raise budget.exceeded()
-        try:
-            result = await self.fetcher.fetch(
-                url,
-                max_bytes=cap,
-                time_limit=self.settings.fetch_timeout,
-                max_redirects=self.settings.fetch_max_redirects,
-                accept=ACCEPT_IMAGE,
-                what=what,
-                body="image",
-            )
-        except FetchTooLargeError:
-            if cap < self.settings.image_max_bytes:
-                raise budget.exceeded() from None
-            raise
-        budget.spend(len(result.content))
-        ref = await self._process(result.content)
+        content = await fetch_within_budget(self.fetcher, url, budget, self.kind, self.settings)
+        budget.spend(len(content))
+        ref = await self._process(content)
         await self.store.set_alias(
             "url", self.variant, url, ref, ttl_seconds=self.settings.image_url_cache_ttl
         )
@@ -245,42 +226,17 @@ class ImageIntake:
         return ref
 
     async def _from_data_uri(self, uri: str, budget: ImageBudget) -> ImageRef:
-        header, sep, payload = uri[5:].partition(",")
-        if not sep:
-            raise ImageError("malformed data: URI (no comma)")
-        params = [p.strip().lower() for p in header.split(";")]
-        media_type = params[0]
-        if "base64" not in params[1:]:
-            raise ImageError("data: URI images must be base64-encoded")
-        if media_type and not (media_type.startswith("image/") or media_type in ACCEPT_IMAGE):
-            raise ImageError(f"data: URI is {media_type}, not an image")
-        payload = "".join(payload.split())
-        self._check_size((len(payload) * 3) // 4 - payload[-2:].count("="), budget)
-        try:
-            if "-" in payload or "_" in payload:
-                raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-            else:
-                raw = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            raise ImageError("data: URI is not valid base64") from None
+        raw = decode_data_uri(uri, budget, self.kind, urlsafe=True)
         return await self._from_bytes(raw, budget)
 
     async def _from_file(self, file_id: str, owner: str, budget: ImageBudget) -> ImageRef:
-        if self.files is None:
-            raise InvalidRequestError("file ids are not accepted for images here")
-        if not FILE_ID_RE.fullmatch(file_id):
-            raise ImageError(f"image file {file_id!r} not found", code="file_not_found")
-        try:
-            obj = await self.files.get(owner, file_id)
-        except NotFoundError:
-            raise ImageError(f"image file {file_id!r} not found", code="file_not_found") from None
-        if obj.purpose != "vision":
-            raise ImageError(f"file {file_id} has purpose {obj.purpose!r}, not 'vision'")
+        obj = await vision_file(self.files, owner, file_id, self.kind)
         source = f"file:{file_id}"
         cached = await self.store.get_alias("src", self.variant, source)
         if cached is not None:
             return cached
-        self._check_size(obj.bytes, budget)
+        check_size(obj.bytes, budget, self.kind)
+        assert self.files is not None  # vision_file found it there
         raw = await self.files.read_bytes(owner, file_id)
         ref = await self._from_bytes(raw, budget)
         await self.store.set_alias(
@@ -309,20 +265,11 @@ class ImageIntake:
             _read_beneath, path, self.settings.local_image_dirs, limit
         )
         if too_big:
-            self._check_size(limit + 1, budget)
+            check_size(limit + 1, budget, self.kind)
         return await self._from_bytes(raw, budget)
 
-    def _check_size(self, size: int, budget: ImageBudget) -> None:
-        if size > self.settings.image_max_bytes:
-            raise ImageError(
-                f"image larger than {human_bytes(self.settings.image_max_bytes)}",
-                code="image_too_large",
-            )
-        if size > budget.remaining_bytes:
-            raise budget.exceeded()
-
     async def _from_bytes(self, raw: bytes, budget: ImageBudget) -> ImageRef:
-        self._check_size(len(raw), budget)
+        check_size(len(raw), budget, self.kind)
         source = hashlib.sha256(raw).hexdigest()
         cached = await self.store.get_alias("src", self.variant, source)
         if cached is not None:
@@ -419,10 +366,7 @@ class ImageIntake:
 
 
 def _expired(ref: ImageRef) -> NotFoundError:
-    return NotFoundError(
-        f"image {ref.sha256[:12]}… is no longer stored (expired); send the image again",
-        code="image_expired",
-    )
+    return expired("image", ref.sha256)
 
 
 def _read_beneath(path: str, allowed: Sequence[Path], limit: int) -> tuple[bytes, bool]:

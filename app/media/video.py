@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import json
 import re
@@ -33,9 +32,18 @@ import structlog
 
 from app.errors import InvalidRequestError, NotFoundError
 from app.media.config import MediaSettings
-from app.media.errors import FetchTooLargeError, VideoError, human_bytes
+from app.media.errors import VideoError
 from app.media.fetch import SafeFetcher
-from app.media.files import FILE_ID_RE, FileStore
+from app.media.files import FileStore
+from app.media.sources import (
+    MediaKind,
+    check_size,
+    decode_data_uri,
+    expired,
+    fetch_within_budget,
+    part_reference,
+    vision_file,
+)
 from app.media.ssrf import FetchPolicy
 from app.media.video_decode import OUTPUT_MEDIA_TYPE, PreparedVideo, VideoLimits, prepare_video
 
@@ -157,16 +165,6 @@ class VideoStore:
             await self.redis.set(self.alias_key(variant, source), value, ex=ttl)
 
 
-def part_reference(part: Mapping[str, Any]) -> str:
-    """The reference string of a `video_url` part (`{"url": ...}` or a bare string)."""
-    value: Any = part.get("video_url")
-    if isinstance(value, Mapping):
-        value = value.get("url")
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidRequestError("video_url content part has no video URL")
-    return value.strip()
-
-
 class VideoIntake:
     """Turns video references into stored `VideoRef`s and refs back into runtime input."""
 
@@ -187,6 +185,9 @@ class VideoIntake:
             redis, prefix=settings.key_prefix, ttl_seconds=settings.image_ttl_seconds
         )
         self.limits = VideoLimits.from_settings(settings)
+        self.kind = MediaKind(
+            "video", "a video", ACCEPT_VIDEO, VideoError, settings.video_max_bytes
+        )
         digest = json.dumps([PIPELINE_VERSION, repr(self.limits.sampling)])
         self.variant = hashlib.sha256(digest.encode()).hexdigest()[:16]
         self._slots = asyncio.Semaphore(settings.video_decode_concurrency)
@@ -209,13 +210,15 @@ class VideoIntake:
             if not await self.store.touch(ref.sha256):
                 raise _expired(ref)
             return ref.to_part()
-        return (await self.ingest(part_reference(part), owner=owner, budget=budget)).to_part()
+        return (
+            await self.ingest(part_reference(part, self.kind), owner=owner, budget=budget)
+        ).to_part()
 
     async def ingest(self, url: str, *, owner: str, budget: ImageBudget) -> VideoRef:
         reference = url.strip()
         lowered = reference[:8].lower()
         if lowered.startswith("data:"):
-            return await self._from_bytes(self._decode_data_uri(reference, budget), budget)
+            return await self._from_bytes(decode_data_uri(reference, budget, self.kind), budget)
         if reference.startswith("file-"):
             return await self._from_file(reference, owner, budget)
         if _URL_SCHEME.match(reference):
@@ -226,77 +229,27 @@ class VideoIntake:
             code="unsupported_video_reference",
         )
 
-    def _check_size(self, size: int, budget: ImageBudget) -> None:
-        if size > self.settings.video_max_bytes:
-            raise VideoError(
-                f"video larger than {human_bytes(self.settings.video_max_bytes)}",
-                code="video_too_large",
-            )
-        if size > budget.remaining_bytes:
-            raise budget.exceeded()
-
-    def _decode_data_uri(self, uri: str, budget: ImageBudget) -> bytes:
-        header, sep, payload = uri[5:].partition(",")
-        if not sep:
-            raise VideoError("malformed data: URI (no comma)")
-        params = [p.strip().lower() for p in header.split(";")]
-        if "base64" not in params[1:]:
-            raise VideoError("data: URI videos must be base64-encoded")
-        if params[0] and not (params[0].startswith("video/") or params[0] in ACCEPT_VIDEO):
-            raise VideoError(f"data: URI is {params[0]}, not a video")
-        payload = "".join(payload.split())
-        # Refused from the payload's length, before the base64 is decoded.
-        self._check_size((len(payload) * 3) // 4 - payload[-2:].count("="), budget)
-        try:
-            return base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            raise VideoError("data: URI is not valid base64") from None
-
     async def _from_url(self, url: str, budget: ImageBudget) -> VideoRef:
         what = "video URL"
         self.policy.parse_url(url, what=what)
         cached = await self.store.get_alias(self.variant, "url:" + url)
         if cached is not None:
             return cached
-        cap = min(self.settings.video_max_bytes, budget.remaining_bytes)
-        if cap <= 0:
-            raise budget.exceeded()
-        try:
-            result = await self.fetcher.fetch(
-                url,
-                max_bytes=cap,
-                time_limit=self.settings.fetch_timeout,
-                max_redirects=self.settings.fetch_max_redirects,
-                accept=ACCEPT_VIDEO,
-                what=what,
-                body="video",
-            )
-        except FetchTooLargeError:
-            if cap < self.settings.video_max_bytes:
-                raise budget.exceeded() from None
-            raise
-        ref = await self._from_bytes(result.content, budget)
+        content = await fetch_within_budget(self.fetcher, url, budget, self.kind, self.settings)
+        ref = await self._from_bytes(content, budget)
         await self.store.set_alias(
             self.variant, "url:" + url, ref, ttl=self.settings.image_url_cache_ttl
         )
         return ref
 
     async def _from_file(self, file_id: str, owner: str, budget: ImageBudget) -> VideoRef:
-        if self.files is None:
-            raise InvalidRequestError("file ids are not accepted for videos here")
-        if not FILE_ID_RE.fullmatch(file_id):
-            raise VideoError(f"video file {file_id!r} not found", code="file_not_found")
-        try:
-            obj = await self.files.get(owner, file_id)
-        except NotFoundError:
-            raise VideoError(f"video file {file_id!r} not found", code="file_not_found") from None
-        if obj.purpose != "vision":
-            raise VideoError(f"file {file_id} has purpose {obj.purpose!r}, not 'vision'")
-        self._check_size(obj.bytes, budget)
+        obj = await vision_file(self.files, owner, file_id, self.kind)
+        check_size(obj.bytes, budget, self.kind)
+        assert self.files is not None  # vision_file found it there
         return await self._from_bytes(await self.files.read_bytes(owner, file_id), budget)
 
     async def _from_bytes(self, raw: bytes, budget: ImageBudget) -> VideoRef:
-        self._check_size(len(raw), budget)
+        check_size(len(raw), budget, self.kind)
         source = "src:" + hashlib.sha256(raw).hexdigest()
         cached = await self.store.get_alias(self.variant, source)
         if cached is not None:
@@ -322,7 +275,4 @@ class VideoIntake:
 
 
 def _expired(ref: VideoRef) -> NotFoundError:
-    return NotFoundError(
-        f"video {ref.sha256[:12]}… is no longer stored (expired); send the video again",
-        code="video_expired",
-    )
+    return expired("video", ref.sha256)

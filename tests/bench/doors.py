@@ -18,16 +18,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.bench.overhead import cpu_seconds, start_cascade, wait_up
-from tests.redis_server import RedisServer, free_port
-from tests.sglang_sim.testing import spawn_simulator
+from tests.bench.overhead import cpu_seconds, running_cascade
 
 RATIO_MAX = 1.10
 
@@ -108,22 +104,8 @@ async def bench(sim_url: str, cascade_url: str, pid: int, *, turns: int, blocks:
 
 
 def run(turns: int, blocks: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        redis = RedisServer(Path(tmp) / "redis")
-        redis.start()
-        try:
-            with spawn_simulator(["--max-running", "64"]) as sim:
-                port = free_port()
-                proc = start_cascade(sim.url, redis.url, port, Path(tmp) / "cascade.log")
-                try:
-                    url = f"http://127.0.0.1:{port}"
-                    asyncio.run(wait_up(url))
-                    results = asyncio.run(bench(sim.url, url, proc.pid, turns=turns, blocks=blocks))
-                finally:
-                    proc.terminate()
-                    proc.wait(timeout=30)
-        finally:
-            redis.stop()
+    with running_cascade() as (sim_url, url, pid):
+        results = asyncio.run(bench(sim_url, url, pid, turns=turns, blocks=blocks))
     return {"benchmark": "doors", **results, "targets": {"ratio_max": RATIO_MAX}}
 
 

@@ -17,6 +17,7 @@ The JSON summary is the last line of output. Run: `python -m tests.bench.overhea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +239,9 @@ async def bench(sim_url: str, cascade_url: str, pid: int) -> dict[str, Any]:
         return results
 
 
-def main() -> None:
+@contextlib.contextmanager
+def running_cascade() -> Iterator[tuple[str, str, int]]:
+    """Redis, the simulator and a cascade process, up: (simulator url, cascade url, its pid)."""
     with tempfile.TemporaryDirectory() as tmp:
         redis = RedisServer(Path(tmp) / "redis")
         redis.start()
@@ -249,12 +252,17 @@ def main() -> None:
                 try:
                     url = f"http://127.0.0.1:{port}"
                     asyncio.run(wait_up(url))
-                    results = asyncio.run(bench(sim.url, url, proc.pid))
+                    yield sim.url, url, proc.pid
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
         finally:
             redis.stop()
+
+
+def main() -> None:
+    with running_cascade() as (sim_url, url, pid):
+        results = asyncio.run(bench(sim_url, url, pid))
     results["targets"] = {
         "cpu_ms_per_turn_max": 1.5,
         "cpu_us_per_chunk_max": 25,

@@ -52,6 +52,18 @@ def cascade(sim: SimHandle, redis_server: RedisServer) -> Iterator[Cascade]:
 
 
 @pytest.fixture
+def generous(
+    sim: SimHandle, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Cascade]:
+    """cascade with server tools offered beside a client's own tools."""
+    monkeypatch.setenv("CASCADE_SERVER_TOOLS_WITH_CLIENT_TOOLS", "true")
+    settings = cascade_settings(sim, redis_server)
+    app = create_app(settings)
+    with serve_in_thread(app) as url:
+        yield Cascade(url=url, app=app, settings=settings)
+
+
+@pytest.fixture
 def client(cascade: Cascade) -> Iterator[OpenAI]:
     with cascade.client() as openai_client:
         yield openai_client

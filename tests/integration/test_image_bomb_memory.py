@@ -71,31 +71,47 @@ class Api:
         assert self.status("VmHWM") <= self.status("VmRSS") + 4 * 1024 * 1024
 
 
-@pytest.fixture
-def api(sim: SimHandle, redis_server: RedisServer, tmp_path: Path) -> Iterator[Api]:
+def serve(
+    sim: SimHandle,
+    redis: RedisServer,
+    tmp_path: Path,
+    *,
+    key: str = KEY,
+    connections: int = CONCURRENT,
+    env: dict[str, str] | None = None,
+    block_av: bool = False,
+) -> Iterator[Api]:
+    """A cascade process (`cascade serve`) on a free port, up, with a client holding `key`;
+    `block_av` runs it as on a server without PyAV (every `import av` fails)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
-    env |= {
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
+    environ |= {
         "CASCADE_STATE_DIR": str(tmp_path / "state"),
         "CASCADE_PORT": str(port),
-        "CASCADE_REDIS_URL": redis_server.url,
+        "CASCADE_REDIS_URL": redis.url,
         "CASCADE_RUNTIME_URL": sim.url,
         "CASCADE_RUNTIME_MAX_RETRIES": "0",
-        "CASCADE_API_KEYS": KEY,
+        "CASCADE_API_KEYS": key,
         "CASCADE_LOG_FORMAT": "json",
         "CASCADE_LOG_LEVEL": "warning",
+        **(env or {}),
     }
+    if block_av:
+        # `sys.modules["av"] = None` makes every `import av` fail.
+        code = "import sys; sys.modules['av'] = None; "
+        code += "from app.cli.main import main; sys.exit(main(['serve']))"
+        command = [sys.executable, "-c", code]
+    else:
+        command = [sys.executable, "-m", "app.cli", "serve"]
     with (tmp_path / "api.log").open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], env=env, stdout=log, stderr=log
-        )
+        proc = subprocess.Popen(command, env=environ, stdout=log, stderr=log)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(url + "/healthz")
-        limits = httpx.Limits(max_connections=CONCURRENT, max_keepalive_connections=CONCURRENT)
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         with httpx.Client(
             base_url=url,
-            headers={"Authorization": f"Bearer {KEY}"},
+            headers={"Authorization": f"Bearer {key}"},
             timeout=30,
             limits=limits,
         ) as http:
@@ -107,6 +123,11 @@ def api(sim: SimHandle, redis_server: RedisServer, tmp_path: Path) -> Iterator[A
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def api(sim: SimHandle, redis_server: RedisServer, tmp_path: Path) -> Iterator[Api]:
+    yield from serve(sim, redis_server, tmp_path)
 
 
 def upload(api: Api, data: bytes, name: str) -> httpx.Response:

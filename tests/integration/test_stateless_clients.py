@@ -11,7 +11,6 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,18 +57,6 @@ def sse_data(text: str) -> list[dict[str, Any]]:
         for line in text.splitlines()
         if line.startswith("data: ") and line != "data: [DONE]"
     ]
-
-
-@pytest.fixture
-def generous(
-    sim: SimHandle, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Cascade]:
-    """cascade with server tools offered beside a client's own tools."""
-    monkeypatch.setenv("CASCADE_SERVER_TOOLS_WITH_CLIENT_TOOLS", "true")
-    settings = cascade_settings(sim, redis_server)
-    app = create_app(settings)
-    with serve_in_thread(app) as url:
-        yield Cascade(url=url, app=app, settings=settings)
 
 
 # ----------------------------------------------------------------------------- 1: name clash

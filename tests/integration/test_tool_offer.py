@@ -10,11 +10,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from openai import OpenAI
 from PIL import Image
 
@@ -109,17 +107,6 @@ def test_a_request_with_its_own_tools_gets_only_the_server_tools_it_names(
     own, named = sim.sim.requests
     assert offered(own) == ["get_weather"]
     assert offered(named) == ["clock", "get_weather"]
-
-
-@pytest.fixture
-def generous(
-    sim: SimHandle, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Cascade]:
-    monkeypatch.setenv("CASCADE_SERVER_TOOLS_WITH_CLIENT_TOOLS", "true")
-    settings = cascade_settings(sim, redis_server)
-    app = create_app(settings)
-    with serve_in_thread(app) as url:
-        yield Cascade(url=url, app=app, settings=settings)
 
 
 def test_the_operator_may_offer_server_tools_beside_client_tools(

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -27,10 +24,9 @@ from PIL import Image
 
 from app.api.app import create_app
 from tests.integration.conftest import Cascade, cascade_settings
-from tests.integration.test_image_bomb_memory import MAX_PEAK_DELTA, Api, burst
-from tests.integration.test_up import wait_for
+from tests.integration.test_image_bomb_memory import MAX_PEAK_DELTA, Api, burst, serve
 from tests.media_server import MediaServer
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer
 from tests.servers import serve_in_thread
 from tests.sglang_sim.script import Rule
 from tests.sglang_sim.testing import SimHandle
@@ -174,6 +170,29 @@ def test_the_session_keeps_a_reference_and_resends_the_same_bytes(
     assert sent_parts(sim, 0) == sent_parts(sim, 1)  # byte-identical: the prefix cache holds
 
 
+def test_conversation_items_store_a_video_as_a_reference(local: Cascade) -> None:
+    item = {
+        "type": "message",
+        "role": "user",
+        "content": [
+            {"type": "input_text", "text": "what happens?"},
+            {"type": "input_video", "video_url": data_uri(clip())},
+        ],
+    }
+    created = httpx.post(local.url + "/v1/conversations", json={}, timeout=60)
+    assert created.status_code == 200, created.text
+    conversation_id = created.json()["id"]
+    added = httpx.post(
+        f"{local.url}/v1/conversations/{conversation_id}/items", json={"items": [item]}, timeout=60
+    )
+    assert added.status_code == 200, added.text
+    stored = httpx.get(f"{local.url}/v1/sessions/{conversation_id}").json()["messages"]
+    [ref] = [p for p in stored[0]["content"] if p["type"] != "text"]
+    assert ref["type"] == "video_ref"
+    assert (ref["width"], ref["height"], ref["frames"], ref["fps"]) == (448, 320, 4, "2")
+    assert "data:" not in str(stored)
+
+
 def test_the_responses_door_takes_cascades_input_video_part(local: Cascade, sim: SimHandle) -> None:
     sim.sim.add_rule(Rule(output="ok"))
     response = httpx.post(
@@ -211,46 +230,6 @@ def test_video_parts_outside_user_messages_and_too_many_videos_are_400s(
 
 
 # --- against a cascade process: bombs and the missing extra ---
-
-
-def serve(
-    sim: SimHandle, redis: RedisServer, tmp_path: Path, *, env: dict[str, str], block_av: bool
-) -> Iterator[Api]:
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
-    environ |= {
-        "CASCADE_STATE_DIR": str(tmp_path / "state"),
-        "CASCADE_PORT": str(port),
-        "CASCADE_REDIS_URL": redis.url,
-        "CASCADE_RUNTIME_URL": sim.url,
-        "CASCADE_RUNTIME_MAX_RETRIES": "0",
-        "CASCADE_API_KEYS": KEY,
-        "CASCADE_LOG_FORMAT": "json",
-        "CASCADE_LOG_LEVEL": "warning",
-        **env,
-    }
-    # `sys.modules["av"] = None` makes every `import av` fail, as on a server without the extra.
-    prelude = "import sys; sys.modules['av'] = None; " if block_av else ""
-    code = prelude + "from app.cli.main import main; sys.exit(main(['serve']))"
-    if not block_av:
-        code = "import sys; " + code
-    with (tmp_path / "api.log").open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", code], env=environ, stdout=log, stderr=log)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(url + "/healthz")
-        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-        with httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30, limits=limits
-        ) as http:
-            yield Api(proc.pid, url, http)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def post_video(api: Api, data: bytes, media_type: str = "video/mp4") -> httpx.Response:
@@ -293,7 +272,7 @@ def test_video_bombs_are_refused_fast_and_within_memory(
         "not a video": b"\x89PNG\r\n\x1a\n" + bytes(4096),
     }
     env = {"CASCADE_VIDEO_MAX_SOURCE_FRAMES": "1000"}
-    for api in serve(sim, redis_server, tmp_path, env=env, block_av=False):
+    for api in serve(sim, redis_server, tmp_path, key=KEY, connections=32, env=env):
         sim.sim.add_rule(Rule(output="ok"))
         warm = post_video(api, clip())  # PyAV and the app loaded, one real clip through
         assert warm.status_code == 200, warm.text
@@ -317,7 +296,7 @@ def test_video_bombs_are_refused_fast_and_within_memory(
 def test_without_the_video_extra_a_video_is_a_clear_400(
     sim: SimHandle, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    for api in serve(sim, redis_server, tmp_path, env={}, block_av=True):
+    for api in serve(sim, redis_server, tmp_path, key=KEY, connections=32, block_av=True):
         response = post_video(api, clip())
         assert response.status_code == 400, response.text
         error = response.json()["error"]
