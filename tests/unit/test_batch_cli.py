@@ -127,6 +127,8 @@ def test_report_one_image_one_answer_one_error() -> None:
         ],
         "loose_errors": [],
         "truncated": False,
+        "fields": [],  # no schema: no table of fields
+        "rows": [],
     }
     html = render_report(data)
     parsed = Collect()
