@@ -134,6 +134,23 @@ def test_session_holds_the_history(client: OpenAI, sim: SimHandle) -> None:
     assert sent[1]["content"] == "Nice to meet you, Ada."
 
 
+def test_a_session_turn_carries_its_routing_key(client: OpenAI, sim: SimHandle) -> None:
+    # A router in front of several runtimes (SGLang Model Gateway) keeps a routing key on one
+    # runtime: the session's id keeps a conversation where its prefix cache is.
+    first = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], extra_body={"store": True}
+    )
+    session_id = extra(first, "session_id")
+    client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "again"}],
+        extra_body={"session_id": session_id},
+    )
+    assert sim.sim.requests[-1].headers["x-smg-routing-key"] == session_id
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "alone"}])
+    assert "x-smg-routing-key" not in sim.sim.requests[-1].headers
+
+
 def test_client_tool_round_trip(client: OpenAI, sim: SimHandle) -> None:
     sim.sim.add_rule(Rule(match="weather", output=WEATHER_CALL, times=1))
     first = client.chat.completions.create(

@@ -384,10 +384,17 @@ def _new_tool_call_id() -> str:
 
 
 async def serve_chat(
-    sim: Simulator, request: ChatRequest, body: Mapping[str, Any], receive: Receive, send: Send
+    sim: Simulator,
+    request: ChatRequest,
+    body: Mapping[str, Any],
+    receive: Receive,
+    send: Send,
+    *,
+    headers: dict[str, str] | None = None,
 ) -> None:
-    """Handle one chat completion on the raw ASGI channel (body already read)."""
-    record = sim.new_record(dict(body), request.stream)
+    """Handle one chat completion on the raw ASGI channel (body already read; `headers`, the
+    request's, lower-cased, are only recorded)."""
+    record = sim.new_record(dict(body), request.stream, headers)
     gone = asyncio.Event()
     jobs: list[Job] = []
 

@@ -20,7 +20,7 @@ __all__ = ["Job", "RecordedRequest", "RuleBook", "RuleChoice", "Slots", "Stats"]
 class RecordedRequest(BaseModel):
     """What the simulator saw and did for one `/v1/chat/completions` request.
 
-    `body` is the raw JSON body; `rid` the effective request id (given or generated);
+    `body` is the raw JSON body, `headers` the request's (names lower-cased); `rid` the effective request id (given or generated);
     `prompt` the rendered prompt text; `output` the raw text the model emitted (after the
     budget, stop and length cuts). `finish_reason` is the one sent to the client. Times are
     `time.monotonic()` seconds: `received_at` (body parsed), `started_at` (left the queue),
@@ -29,6 +29,7 @@ class RecordedRequest(BaseModel):
     """
 
     body: Any
+    headers: dict[str, str] = {}  # the request's headers, names lower-cased
     rid: str | None = None
     stream: bool = False
     prompt: str | None = None
