@@ -20,12 +20,13 @@ __all__ = ["Job", "RecordedRequest", "RuleBook", "RuleChoice", "Slots", "Stats"]
 class RecordedRequest(BaseModel):
     """What the simulator saw and did for one `/v1/chat/completions` request.
 
-    `body` is the raw JSON body, `headers` the request's (names lower-cased); `rid` the effective request id (given or generated);
-    `prompt` the rendered prompt text; `output` the raw text the model emitted (after the
-    budget, stop and length cuts). `finish_reason` is the one sent to the client. Times are
-    `time.monotonic()` seconds: `received_at` (body parsed), `started_at` (left the queue),
-    `first_token_at`, `generation_ended_at` (last decode step, before the slot is freed),
-    `finished_at` (response sent). `abort_reason` is "abort_request" or "client_disconnect".
+    `body` is the raw JSON body, `headers` the request's (names lower-cased); `rid` the
+    effective request id (given or generated); `prompt` the rendered prompt text; `output` the
+    raw text the model emitted (after the budget, stop and length cuts). `finish_reason` is the
+    one sent to the client. Times are `time.monotonic()` seconds: `received_at` (body parsed),
+    `started_at` (left the queue), `first_token_at`, `generation_ended_at` (last decode step,
+    before the slot is freed), `finished_at` (response sent). `abort_reason` is "abort_request"
+    or "client_disconnect".
     """
 
     body: Any

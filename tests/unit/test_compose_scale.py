@@ -13,7 +13,6 @@ import jsonschema
 import pytest
 import yaml
 
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
