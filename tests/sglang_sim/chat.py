@@ -384,10 +384,16 @@ def _new_tool_call_id() -> str:
 
 
 async def serve_chat(
-    sim: Simulator, request: ChatRequest, body: Mapping[str, Any], receive: Receive, send: Send
+    sim: Simulator,
+    request: ChatRequest,
+    body: Mapping[str, Any],
+    receive: Receive,
+    send: Send,
+    *,
+    traceparent: str | None = None,
 ) -> None:
     """Handle one chat completion on the raw ASGI channel (body already read)."""
-    record = sim.new_record(dict(body), request.stream)
+    record = sim.new_record(dict(body), request.stream, traceparent=traceparent)
     gone = asyncio.Event()
     jobs: list[Job] = []
 

@@ -119,9 +119,13 @@ class Simulator:
 
     # ------------------------------------------------------------------ used by chat (loop)
 
-    def new_record(self, body: Any, stream: bool) -> RecordedRequest:
+    def new_record(
+        self, body: Any, stream: bool, *, traceparent: str | None = None
+    ) -> RecordedRequest:
         self._loop = asyncio.get_running_loop()
-        record = RecordedRequest(body=body, stream=stream, received_at=time.monotonic())
+        record = RecordedRequest(
+            body=body, stream=stream, received_at=time.monotonic(), traceparent=traceparent
+        )
         with self._lock:
             self._records.append(record)
         return record
@@ -191,7 +195,10 @@ class Simulator:
         @app.post("/v1/chat/completions", dependencies=[Depends(_require_json)])
         async def chat_completions(body: ChatRequest, request: Request) -> Response:
             raw = await request.json()
-            return _RawCall(lambda receive, send: serve_chat(sim, body, raw, receive, send))
+            trace = request.headers.get("traceparent")
+            return _RawCall(
+                lambda receive, send: serve_chat(sim, body, raw, receive, send, traceparent=trace)
+            )
 
         @app.post("/abort_request")
         async def abort_request(body: AbortRequest) -> Response:

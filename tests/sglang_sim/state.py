@@ -26,9 +26,11 @@ class RecordedRequest(BaseModel):
     `time.monotonic()` seconds: `received_at` (body parsed), `started_at` (left the queue),
     `first_token_at`, `generation_ended_at` (last decode step, before the slot is freed),
     `finished_at` (response sent). `abort_reason` is "abort_request" or "client_disconnect".
+    `traceparent` is the request's W3C trace context header, if it had one.
     """
 
     body: Any
+    traceparent: str | None = None
     rid: str | None = None
     stream: bool = False
     prompt: str | None = None
