@@ -191,8 +191,8 @@ def test_metrics_count_a_scripted_mix_of_turns_and_a_worker_batch(
     assert requests == 5
     assert delta(before, after, "cascade_http_request_duration_seconds_count", door="chat") == 5
     assert delta(before, after, "cascade_http_time_to_first_byte_seconds_count", door="chat") == 5
-    for kind, field in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
-        told = sum(getattr(u, field) for u in usages)
+    for kind, attr in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
+        told = sum(getattr(u, attr) for u in usages)
         assert delta(before, after, "cascade_tokens_total", door="chat", kind=kind) == told
     assert delta(before, after, "cascade_budget_guard_interventions_total", reason="overrun") == 1
     assert delta(before, after, "cascade_tool_calls_total", tool="lookup", outcome="ok") == 1
@@ -276,7 +276,8 @@ def test_one_access_log_line_per_request_and_no_secret_in_any(api: Api, sim: Sim
         )
         refused = httpx.get(api.url + "/v1/models", headers={"authorization": "Bearer wrong"})
         ollama = httpx.get(api.url + "/api/tags", headers=headers)
-        time.sleep(0.2)  # the last line is written as its response ends
+        # A line is written just after its response was sent.
+        wait_until(lambda: sum(e["event"] == "http_request" for e in logs) >= 5, 5, "lines")
     assert missing.status_code == 404 and refused.status_code == 401
     assert ollama.status_code == 200
     lines = [e for e in logs if e["event"] == "http_request"]
