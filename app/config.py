@@ -140,6 +140,10 @@ class Settings(CascadeSettings):
         default_factory=list,
         description="Comma-separated browser origins allowed to call the API; unset = none.",
     )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without an API key (for a scraper on a trusted network).",
+    )
     log_format: Literal["auto", "json", "console"] = Field(default="auto")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
 

@@ -62,11 +62,13 @@ class EmptyArgs(ToolArgs):
 
 @dataclass
 class ToolResult:
-    """What a tool hands back: text and/or images (image_ref parts), and whether it failed."""
+    """What a tool hands back: text and/or images (image_ref parts), and whether it failed;
+    `refused`: it was not run at all (no such tool, or the operator's policy forbids it)."""
 
     text: str = ""
     images: list[dict[str, Any]] = field(default_factory=list)
     is_error: bool = False
+    refused: bool = False
 
 
 class MediaStore(Protocol):
@@ -373,7 +375,7 @@ class ToolRegistry:
         tool = self._tools.get(name)
         if tool is None or not policy.is_enabled(name):
             available = ", ".join(n for n in self.names() if policy.is_enabled(n)) or "none"
-            return _error(f"Unknown tool {name[:100]!r}. Available tools: {available}.")
+            return _refused(f"Unknown tool {name[:100]!r}. Available tools: {available}.")
 
         data = _decode_arguments(arguments)
         if isinstance(data, str):
@@ -386,7 +388,7 @@ class ToolRegistry:
         if tool.side_effect == "write":
             if not policy.allows_write(name):
                 log.info("tool_write_refused", tool=name, call_id=ctx.call_id)
-                return _error(
+                return _refused(
                     f"Tool {name!r} changes things and is not allowed in this conversation by "
                     "the operator's policy. It was not run. Tell the user what you would have "
                     "done instead."
@@ -420,6 +422,10 @@ def _error(message: str) -> ToolResult:
     return ToolResult(text=message, is_error=True)
 
 
+def _refused(message: str) -> ToolResult:
+    return ToolResult(text=message, is_error=True, refused=True)
+
+
 def _decode_arguments(arguments: str) -> dict[str, Any] | str:
     """The arguments object, or a message saying why it is not one."""
     if arguments is None or not arguments.strip():
@@ -446,7 +452,9 @@ def _cap(result: ToolResult, cap: int) -> ToolResult:
         return result
     total = len(result.text)
     text = result.text[:cap] + TRUNCATION_MARKER.format(shown=cap, total=total)
-    return ToolResult(text=text, images=result.images, is_error=result.is_error)
+    return ToolResult(
+        text=text, images=result.images, is_error=result.is_error, refused=result.refused
+    )
 
 
 # --- canonical JSON schema -------------------------------------------------------------------

@@ -42,6 +42,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from app import metrics
 from app.agent.protocol import completion_body, completion_id, parse_chat_request
 from app.agent.responses_background import BackgroundResponse
 from app.agent.responses_turn import ResponsesServices
@@ -363,6 +364,7 @@ class BatchWorker:
                 return await op()
             except (RedisError, OSError) as exc:
                 log.warning("worker_redis_retry", worker=self.name, exc_type=type(exc).__name__)
+                metrics.REDIS_ERRORS.labels("worker").inc()
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
 
@@ -428,6 +430,7 @@ class BatchWorker:
             await self._redis(
                 lambda: self.queue.retry_later(item, due=time.time() + delay, worker=self.name)
             )
+            metrics.WORKER_ITEMS.labels("retried").inc()
             return
         except CascadeError as exc:
             log_.info("batch_item_refused", code=exc.code)
@@ -452,10 +455,12 @@ class BatchWorker:
         )
         if outcome == "written":
             self.processed += 1
+            metrics.WORKER_ITEMS.labels("completed" if record.kind == "output" else "failed").inc()
 
     async def _dead_letter(self, item: QueueItem, failure: ResultRecord) -> None:
         if await self._redis(lambda: self.queue.dead_letter(item, failure, worker=self.name)):
             self.processed += 1
+            metrics.WORKER_ITEMS.labels("dead").inc()
 
     async def _execute(self, item: QueueItem) -> dict[str, Any]:
         """The item's chat.completion body; waits out runtime outages (never fails on them)."""

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from app import metrics, tracing
 from app.agent.responses_turn import ResponsesServices
 from app.batches.config import BatchSettings, load_batch_settings
 from app.batches.keys import BatchKeys
@@ -33,6 +34,7 @@ from app.config import Settings
 from app.redis_client import RedisSettings, redis_client
 from app.runtime.client import SGLangClient
 from app.services import open_services
+from app.worker_metrics import push_loop
 from workers.consumer import BatchWorker
 from workers.tuning import batch_priority, inflight_target, runtime_server_info
 
@@ -98,6 +100,8 @@ async def run_worker(
         return 2
     config = config or load_batch_settings()
     name = name or default_name()
+    metrics.set_default_door("batch")  # the runs of this process are batch items
+    traced = tracing.setup("cascade-worker")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,6 +114,8 @@ async def run_worker(
             await _serve(client, worker, runtime_client, config, stop)
     finally:
         await client.aclose()
+        if traced:
+            tracing.shutdown()
     return 0
 
 
@@ -148,6 +154,14 @@ async def opened_worker(
         await services.aclose()
 
 
+async def push_metrics(
+    client: aioredis.Redis, name: str, stop: asyncio.Event, config: BatchSettings
+) -> None:
+    """This worker's metrics, pushed for the API's /metrics (`app.worker_metrics`)."""
+    interval = config.batch_metrics_interval
+    await push_loop(client, name, stop, prefix=config.key_prefix, interval=interval)
+
+
 async def consume(worker: BatchWorker, stop: asyncio.Event) -> None:
     """The worker's consumer loop until `stop`, restarted whenever it dies."""
     await supervise(f"batch_worker {worker.name}", worker.run, stop)
@@ -168,6 +182,7 @@ async def _serve(
     background = [
         asyncio.create_task(_heartbeat(client, key, stop, worker)),
         asyncio.create_task(_track_runtime(worker, config, runtime_client)),
+        asyncio.create_task(push_metrics(client, name, stop, config)),
     ]
     try:
         await consume(worker, stop)

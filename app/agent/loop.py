@@ -27,12 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Sequence,
+)
+from contextlib import aclosing, contextmanager
 from typing import Any, Literal
 
 import structlog
 
+from app import metrics, tracing
 from app.agent.models import (
     AgentEvent,
     ClientToolCallDelta,
@@ -54,7 +62,7 @@ from app.agent.models import (
 from app.agent.prompt import image_refs, runtime_messages
 from app.agent.repair import extract_calls, has_call_markup
 from app.agent.structured import StructuredAnswer
-from app.errors import InvalidRequestError
+from app.errors import CascadeError, InvalidRequestError
 from app.media.intake import ImageIntake
 from app.runtime.aggregate import CompletionBuilder
 from app.runtime.body import new_rid
@@ -200,36 +208,40 @@ class AgentRun:
         self._step_content = []
         self._streamed_client_calls = 0
         if not self.stream:
-            completion = await self.runtime.complete(req, rid=rid)
+            with _runtime_call(rid, stream=False):
+                completion = await self.runtime.complete(req, rid=rid)
             yield completion
             return
         builder = CompletionBuilder()
         client_index: dict[int, int] = {}
-        async with aclosing(self.runtime.stream(req, rid=rid)) as chunks:
-            async for chunk in chunks:
-                builder.add(chunk)
-                if chunk.reasoning_content:
-                    self._step_reasoning.append(chunk.reasoning_content)
-                    yield ReasoningDelta(chunk.reasoning_content)
-                if chunk.content:
-                    self._step_content.append(chunk.content)
-                    if self.answer is None:  # a structured answer is sent once it is checked
-                        yield ContentDelta(chunk.content)
-                for delta in chunk.tool_calls or ():
-                    # Client calls stream on as they arrive, renumbered among client calls;
-                    # server calls are the loop's business and stay in.
-                    if delta.index in client_index:
-                        if delta.arguments:
-                            yield ClientToolCallDelta(
-                                client_index[delta.index], None, None, delta.arguments
-                            )
-                        continue
-                    call_id, name, args = builder.call(delta.index)
-                    if name in self.client_names:
-                        client_index[delta.index] = len(client_index)
-                        yield ClientToolCallDelta(client_index[delta.index], call_id, name, "")
-                        if args:
-                            yield ClientToolCallDelta(client_index[delta.index], None, None, args)
+        with _runtime_call(rid, stream=True):
+            async with aclosing(self.runtime.stream(req, rid=rid)) as chunks:
+                async for chunk in chunks:
+                    builder.add(chunk)
+                    if chunk.reasoning_content:
+                        self._step_reasoning.append(chunk.reasoning_content)
+                        yield ReasoningDelta(chunk.reasoning_content)
+                    if chunk.content:
+                        self._step_content.append(chunk.content)
+                        if self.answer is None:  # a structured answer is sent once it is checked
+                            yield ContentDelta(chunk.content)
+                    for delta in chunk.tool_calls or ():
+                        # Client calls stream on as they arrive, renumbered among client calls;
+                        # server calls are the loop's business and stay in.
+                        if delta.index in client_index:
+                            if delta.arguments:
+                                yield ClientToolCallDelta(
+                                    client_index[delta.index], None, None, delta.arguments
+                                )
+                            continue
+                        call_id, name, args = builder.call(delta.index)
+                        if name in self.client_names:
+                            client_index[delta.index] = len(client_index)
+                            yield ClientToolCallDelta(client_index[delta.index], call_id, name, "")
+                            if args:
+                                yield ClientToolCallDelta(
+                                    client_index[delta.index], None, None, args
+                                )
         self._streamed_client_calls = len(client_index)
         yield builder.build(rid=rid, model="")
 
@@ -240,6 +252,7 @@ class AgentRun:
             return ToolResult(
                 text=f"error: there is no tool named {name!r} (available: {known})",
                 is_error=True,
+                refused=True,
             )
         ctx = ToolContext(
             owner=self.owner,
@@ -251,7 +264,8 @@ class AgentRun:
             call_id=call.id,
         )
         policy = self.policy or ToolPolicy(enabled=None, allow_write=False, confirm_write=False)
-        return await self.registry.execute(name, call.function.arguments, ctx, policy)
+        with tracing.span("tool_call", tool=name, call_id=call.id):
+            return await self.registry.execute(name, call.function.arguments, ctx, policy)
 
     # ------------------------------------------------------------------ the loop
 
@@ -268,6 +282,7 @@ class AgentRun:
         extra_user_parts: list[dict[str, Any]] = []
         paused: list[ToolCall] = []
         for call, result in zip(calls, results, strict=True):
+            self._count_tool(call, result)
             if isinstance(result, ConfirmationRequired):
                 # No result yet: the call stays unanswered in the history until the session's
                 # owner confirms the pause (`confirm_tool_calls: [pause_id]`) and the run resumes.
@@ -303,6 +318,17 @@ class AgentRun:
                     "meta": {"tool_images": True},
                 }
             )
+
+    def _count_tool(self, call: ToolCall, result: ToolResult | BaseException) -> None:
+        name = call.function.name
+        if isinstance(result, ConfirmationRequired):
+            outcome = "paused"
+        elif isinstance(result, BaseException) or result.is_error:
+            outcome = "refused" if isinstance(result, ToolResult) and result.refused else "error"
+        else:
+            outcome = "ok"
+        label = metrics.tool_label(name, name in self.server_names)
+        metrics.TOOL_CALLS.labels(label, outcome).inc()
 
     def _ended(
         self, call: ToolCall, status: Literal["finished", "failed"], output: str | None
@@ -447,60 +473,63 @@ class AgentRun:
                 end = Paused(self.pending)
         while end is None and self.steps < self.config.max_steps:
             self.steps += 1
-            messages = await runtime_messages(
-                [*self.history, *self.produced],
-                self.media,
-                keep_reasoning=self.config.preserve_thinking,
-            )
-            completion: Completion | None = None
-            async for item in self._call_model(self._request(messages)):
-                if isinstance(item, Completion):
-                    completion = item
-                else:
-                    yield item
-            assert completion is not None
-            self.current_rid = None
-            self._step_content, self._step_reasoning = [], []
-            self.usage = self.usage.plus(completion.usage)
-            self.thinking_used += completion.thinking.used
-            self.guard_closed = self.guard_closed or completion.thinking.closed_by_guard
+            with tracing.span("agent_step", step=self.steps):
+                messages = await runtime_messages(
+                    [*self.history, *self.produced],
+                    self.media,
+                    keep_reasoning=self.config.preserve_thinking,
+                )
+                completion: Completion | None = None
+                async for item in self._call_model(self._request(messages)):
+                    if isinstance(item, Completion):
+                        completion = item
+                    else:
+                        yield item
+                assert completion is not None
+                self.current_rid = None
+                self._step_content, self._step_reasoning = [], []
+                self.usage = self.usage.plus(completion.usage)
+                self.thinking_used += completion.thinking.used
+                self.guard_closed = self.guard_closed or completion.thinking.closed_by_guard
 
-            match self._decide(completion):
-                case Repair(problems) if not repair_tried:
-                    repair_tried = True
-                    log.info("tool_call_unusable", problems=problems)
-                    hint = REPAIR_HINT.format(problems="; ".join(problems))
-                    self.produced.append({"role": "user", "content": hint})
-                case Repair():
-                    # The retry was unusable too: the run ends with what the model said.
-                    last = self.produced[-1]
-                    end = Final(last["content"], last["reasoning_content"], "stop")
-                case Final() as final if self.answer is not None:
-                    accepted = self.answer.judge(final, self.produced)
-                    if accepted is not None:
-                        end = accepted
-                        if self.stream and accepted.content:
-                            yield ContentDelta(accepted.content)
-                case Final() as final:
-                    end = final
-                case RunTools(server=server, client=client, content=content, reasoning=reasoning):
-                    if self.stream and client:
-                        # Calls repaired from text were not streamed as deltas: send them whole.
-                        already = self._streamed_client_calls
-                        for offset, call in enumerate(client[already:]):
-                            yield ClientToolCallDelta(
-                                already + offset,
-                                call.id,
-                                call.function.name,
-                                call.function.arguments,
-                            )
-                    if server:
-                        async for event in self._execute(server):
-                            yield event
-                    if self.pending is not None:
-                        end = Paused(self.pending)
-                    elif client:
-                        end = ClientTools(client, content, reasoning)
+                match self._decide(completion):
+                    case Repair(problems) if not repair_tried:
+                        repair_tried = True
+                        log.info("tool_call_unusable", problems=problems)
+                        hint = REPAIR_HINT.format(problems="; ".join(problems))
+                        self.produced.append({"role": "user", "content": hint})
+                    case Repair():
+                        # The retry was unusable too: the run ends with what the model said.
+                        last = self.produced[-1]
+                        end = Final(last["content"], last["reasoning_content"], "stop")
+                    case Final() as final if self.answer is not None:
+                        accepted = self.answer.judge(final, self.produced)
+                        if accepted is not None:
+                            end = accepted
+                            if self.stream and accepted.content:
+                                yield ContentDelta(accepted.content)
+                    case Final() as final:
+                        end = final
+                    case RunTools(
+                        server=server, client=client, content=content, reasoning=reasoning
+                    ):
+                        if self.stream and client:
+                            # Calls repaired from text were not streamed as deltas: send them whole.
+                            already = self._streamed_client_calls
+                            for offset, call in enumerate(client[already:]):
+                                yield ClientToolCallDelta(
+                                    already + offset,
+                                    call.id,
+                                    call.function.name,
+                                    call.function.arguments,
+                                )
+                        if server:
+                            async for event in self._execute(server):
+                                yield event
+                        if self.pending is not None:
+                            end = Paused(self.pending)
+                        elif client:
+                            end = ClientTools(client, content, reasoning)
         if end is None:
             log.warning("agent_max_steps", steps=self.steps)
             text = (
@@ -526,6 +555,13 @@ class AgentRun:
             steps=self.steps,
             tool_steps=list(self.tool_steps),
         )
+        usage = self.usage
+        metrics.run_finished(
+            usage.prompt_tokens,
+            usage.cached_tokens,
+            usage.completion_tokens,
+            usage.reasoning_tokens,
+        )
         if self.on_end is not None:
             result = await self.on_end(result)
             if self.stream and isinstance(result.end, Paused) and result.end.prompt:
@@ -539,6 +575,17 @@ class AgentRun:
                 if isinstance(event, RunDone):
                     return event.result
         raise AssertionError("run ended without a result")
+
+
+@contextmanager
+def _runtime_call(rid: str, *, stream: bool) -> Iterator[None]:
+    """One model call: its span, and its failure counted by the error's code."""
+    with tracing.span("runtime_call", rid=rid, stream=stream):
+        try:
+            yield
+        except CascadeError as exc:
+            metrics.RUNTIME_ERRORS.labels(exc.code).inc()
+            raise
 
 
 def swallowed(completion: Completion, tools_offered: bool) -> bool:

@@ -17,7 +17,8 @@ import structlog
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
-from app import __version__
+from app import __version__, tracing
+from app.api.access_log import AccessLogMiddleware
 from app.api.auth import authenticate
 from app.api.batches_api import router as batches_router
 from app.api.batches_api import running_coordinator
@@ -29,6 +30,7 @@ from app.api.error_ring import ErrorRing, ErrorRingMiddleware
 from app.api.errors import install_error_handlers
 from app.api.files_api import router as files_router
 from app.api.http_guard import RequestGuardMiddleware
+from app.api.metrics_api import router as metrics_router
 from app.api.middleware import RequestIdMiddleware
 from app.api.ollama_api import ollama_root
 from app.api.ollama_api import router as ollama_router
@@ -85,6 +87,11 @@ async def _runtime_health(client: SGLangClient) -> RuntimeHealth:
         return RuntimeHealth(reachable=False, healthy=False, detail="not answering")
 
 
+def _served_model(app: FastAPI) -> str | None:
+    services = getattr(app.state, "services", None)
+    return services.runtime_client.served_model if services is not None else None
+
+
 def create_app(
     settings: Settings,
     *,
@@ -112,10 +119,13 @@ def create_app(
                 detail="CASCADE_API_KEYS is unset: every caller is accepted as the local owner",
             )
         log.info("api_started", runtime=settings.runtime_display, version=__version__)
+        traced = tracing.setup("cascade")
         try:
             async with running_coordinator(services):
                 yield
         finally:
+            if traced:
+                tracing.shutdown()
             await services.aclose()
             if redis is not None:
                 await redis.aclose()
@@ -138,6 +148,8 @@ def create_app(
     # Outside the guard, so its refusals are recorded too; inside the request id, which it reads.
     app.state.error_ring = ErrorRing()
     app.add_middleware(ErrorRingMiddleware, ring=app.state.error_ring)
+    # Inside the request id (its line carries it), outside everything that may answer.
+    app.add_middleware(AccessLogMiddleware, served_model=lambda: _served_model(app))
     app.add_middleware(RequestIdMiddleware)
     app.state.status_auth = StatusAuth(settings)
     install_error_handlers(app)
@@ -150,6 +162,7 @@ def create_app(
     app.include_router(batches_router)
     app.include_router(ollama_router)
     app.include_router(status_router)
+    app.include_router(metrics_router)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def root(request: Request, services: ServicesDep) -> Response:

@@ -7,6 +7,7 @@ import hmac
 
 from fastapi import Request
 
+from app import metrics
 from app.config import Settings
 from app.errors import AuthenticationError
 
@@ -30,6 +31,7 @@ async def authenticate(request: Request) -> str:
     """
     settings: Settings = request.app.state.services.settings
     if not settings.auth_enabled:
+        metrics.note(key_id=ANONYMOUS_OWNER)
         return ANONYMOUS_OWNER
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -40,4 +42,5 @@ async def authenticate(request: Request) -> str:
     owner = owner_for_key(settings, token.strip())
     if owner is None:
         raise AuthenticationError("invalid API key")
+    metrics.note(key_id=owner)  # a digest's prefix, never the key
     return owner

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Request
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
+from app import metrics
 from app.agent.loop import AgentRun
 from app.agent.models import (
     ClientToolCallDelta,
@@ -150,6 +151,7 @@ async def chat_completions(request: Request, services: ServicesDep, owner: Owner
         )
         result = await assembled.run.run()
         session_id = await _commit(turn, req, result)
+        metrics.note(session_id=session_id)
         body = completion_body(
             result,
             cid=completion_id(),
@@ -240,6 +242,7 @@ async def _stream(
                         result = event.result
             assert result is not None
             session_id = await _commit(turn, req, result)
+            metrics.note(session_id=session_id)
             await turn.record(
                 completion_body(
                     result,

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
+from app import metrics
 from app.api.error_ring import ERROR_CODE_STATE
 from app.api.responses import JSONResponse
 from app.errors import (
@@ -85,6 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RedisError)
     async def _storage(request: Request, exc: RedisError) -> JSONResponse:
         log.warning("redis_unavailable", exc_type=type(exc).__name__)
+        metrics.REDIS_ERRORS.labels("request").inc()
         return error_response(
             RuntimeUnavailableError(
                 "cascade's storage (Redis) is not answering; retry shortly",

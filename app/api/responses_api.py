@@ -37,6 +37,7 @@ import structlog
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from app import metrics
 from app.agent.loop import AgentRun
 from app.agent.models import (
     ClientToolCallDelta,
@@ -92,6 +93,7 @@ async def _open(services: Services, request: Request, owner: str) -> ResponseTur
 @router.post("/v1/responses")
 async def create_response(request: Request, services: ServicesDep, owner: Owner) -> Response:
     turn = await _open(services, request, owner)
+    metrics.note(response_id=turn.shell["id"])
     if turn.req.background:
         return await _queued(services, request, turn)
     if turn.req.stream:

@@ -23,6 +23,11 @@ class BatchSettings(CascadeSettings):
     key_prefix: str = Field(
         default="cascade", min_length=1, description="Namespace of every Redis key written."
     )
+    batch_metrics_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between a worker's pushes of its metrics to Redis (for /metrics).",
+    )
 
     # --- workers ---
     batch_inflight: int | None = Field(

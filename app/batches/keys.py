@@ -75,6 +75,11 @@ class BatchKeys:
         """Sorted set: items waiting for a retry, scored by the time they are due."""
         return f"{self.prefix}:queue:delayed"
 
+    def queue_stats(self) -> str:
+        """Hash: counts the queue keeps (`retried`, `dead`: items parked for a retry, items
+        dead-lettered), for the metrics."""
+        return f"{self.prefix}:queue:stats"
+
     def coordinator_lease(self) -> str:
         """String: the API process that currently coordinates batches."""
         return f"{self.prefix}:batches:coordinator"

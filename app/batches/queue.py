@@ -28,6 +28,8 @@ Contracts:
   reads it before the batch items (`claim_responses`, then `claim`), so a queued response is
   taken before any waiting batch item. Its state lives with the stored response
   (`app.sessions.responses_store`); here it is only delivered, at least once.
+- Counts for the metrics (`stats`): retries and dead letters are counted in a stats hash right
+  after the script that concluded the item (best effort: a crash in between loses one count).
 """
 
 from __future__ import annotations
@@ -258,6 +260,28 @@ def _s(value: Any) -> str:
 def _lost_group(exc: ResponseError) -> bool:
     """Redis no longer has the stream or its group (it restarted without its data)."""
     return "NOGROUP" in str(exc)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Entries in each stream (waiting or in flight), those delivered and not concluded (in
+    flight), items parked for a retry, and the counts of retries and dead letters so far."""
+
+    items: int
+    items_in_flight: int
+    responses: int
+    responses_in_flight: int
+    delayed: int
+    retried: int
+    dead: int
+
+
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, int) else 0
+
+
+def _pending(summary: Any) -> int:
+    return int(summary.get("pending") or 0) if isinstance(summary, dict) else 0
 
 
 class JobQueue:
@@ -559,7 +583,10 @@ class JobQueue:
         delivered again. Whether this was the result written (see `finish_item`)."""
         if failure.kind != "error":
             raise ValueError("a dead-lettered item's result is an error line")
-        return await self.finish_item(item, failure, worker=worker) == "written"
+        written = await self.finish_item(item, failure, worker=worker) == "written"
+        if written:
+            await self.redis.hincrby(self.keys.queue_stats(), "dead", 1)
+        return written
 
     async def retry_later(self, item: QueueItem, *, due: float, worker: str) -> bool:
         """Acknowledge the entry and park the item (next attempt) until `due` (epoch s), at
@@ -575,6 +602,8 @@ class JobQueue:
             keys=[k.batch(item.batch_id), k.running(item.batch_id), k.stream(), k.delayed()],
             args=[item.custom_id, GROUP, item.msg_id, due, orjson.dumps(payload), worker],
         )
+        if result:
+            await self.redis.hincrby(self.keys.queue_stats(), "retried", 1)
         return bool(result)
 
     async def release(self, item: QueueItem, *, worker: str, requeue: bool) -> None:
@@ -587,6 +616,38 @@ class JobQueue:
         await self._release(
             keys=[k.running(item.batch_id), k.stream()],
             args=[item.custom_id, GROUP, item.msg_id, worker, "1" if requeue else "0", *fields],
+        )
+
+    async def stats(self) -> QueueStats:
+        """The queue's sizes now and its kept counts, in one round trip of cheap commands
+        (XLEN, the XPENDING summary, ZCARD, HMGET); a stream or group not made yet reads 0."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(self._stream)
+            pipe.xpending(self._stream, GROUP)
+            pipe.xlen(self._responses)
+            pipe.xpending(self._responses, GROUP)
+            pipe.zcard(self.keys.delayed())
+            pipe.hmget(self.keys.queue_stats(), ["retried", "dead"])
+            (
+                items,
+                items_pending,
+                responses,
+                responses_pending,
+                delayed,
+                counts,
+            ) = await pipe.execute(raise_on_error=False)
+        for value in (items, items_pending, responses, responses_pending, delayed, counts):
+            if isinstance(value, Exception) and not isinstance(value, ResponseError):
+                raise value  # a connection error; NOGROUP / no such key read as empty
+        retried, dead = counts if isinstance(counts, list) else (None, None)
+        return QueueStats(
+            items=_count(items),
+            items_in_flight=_pending(items_pending),
+            responses=_count(responses),
+            responses_in_flight=_pending(responses_pending),
+            delayed=_count(delayed),
+            retried=int(retried or 0),
+            dead=int(dead or 0),
         )
 
     # ------------------------------------------------------------------ who runs what

@@ -24,6 +24,7 @@ import httpx
 import orjson
 import structlog
 
+from app import metrics, tracing
 from app.config import Settings
 from app.errors import (
     CascadeError,
@@ -179,7 +180,8 @@ class SGLangClient:
             return self._unavailable("is not ready")
         return UpstreamError(f"the runtime failed with HTTP {status}", code="runtime_error")
 
-    async def _backoff(self, attempt: int, retry_after: float | None) -> None:
+    async def _backoff(self, attempt: int, retry_after: float | None, kind: str) -> None:
+        metrics.RUNTIME_RETRIES.labels(kind).inc()
         base = self.settings.runtime_retry_backoff * (2**attempt)
         delay = random.uniform(0.5 * base, 1.5 * base)
         if retry_after is not None:
@@ -217,6 +219,7 @@ class SGLangClient:
         headers = list(self._headers)
         if routing_key:
             headers.append((b"x-smg-routing-key", routing_key.encode()))
+        tracing.inject(headers)
         url = (
             self._chat_url
             if path == "/v1/chat/completions"
@@ -247,6 +250,11 @@ class SGLangClient:
 
     # --------------------------------------------------------------- public API
 
+    @property
+    def served_model(self) -> str | None:
+        """The served model's name once known (configured, or asked by `model_name`)."""
+        return self._model
+
     async def model_name(self) -> str:
         """The served model name: configured, or asked of the runtime once."""
         if self._model is None:
@@ -274,7 +282,7 @@ class SGLangClient:
                 if attempt + 1 >= attempts:
                     raise retry.error from None
                 log.info("runtime_retry", rid=rid, attempt=attempt + 1, reason=retry.error.code)
-                await self._backoff(attempt, retry.retry_after)
+                await self._backoff(attempt, retry.retry_after, retry.error.code)
             except TimeoutError as exc:
                 raise UpstreamTimeoutError("the runtime did not finish in time") from exc
             except orjson.JSONDecodeError as exc:
@@ -344,14 +352,14 @@ class SGLangClient:
                 error: CascadeError = retry.error
                 if handed_on or attempt + 1 >= attempts:
                     raise _mid_stream(error, handed_on) from None
-                await self._backoff(attempt, retry.retry_after)
+                await self._backoff(attempt, retry.retry_after, error.code)
             except StreamProtocolError:
                 if handed_on or attempt + 1 >= attempts:
                     raise UpstreamError(
                         "the runtime sent a malformed stream event", code="runtime_bad_stream"
                     ) from None
                 log.warning("runtime_malformed_stream", rid=rid, attempt=attempt + 1)
-                await self._backoff(attempt, None)
+                await self._backoff(attempt, None, "runtime_bad_stream")
             except StreamErrorEvent as exc:
                 log.warning(
                     "runtime_stream_error",
@@ -369,7 +377,7 @@ class SGLangClient:
             except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
                 if handed_on or attempt + 1 >= attempts:
                     raise _mid_stream(self._unavailable("closed the stream"), handed_on) from exc
-                await self._backoff(attempt, None)
+                await self._backoff(attempt, None, "stream_closed")
             except httpx.ReadTimeout as exc:
                 raise UpstreamTimeoutError("the runtime stopped sending tokens") from exc
 

@@ -45,6 +45,7 @@ from typing import Protocol
 
 import structlog
 
+from app import metrics
 from app.config import Settings
 from app.runtime.aggregate import collect
 from app.runtime.answer_start import trim_answer_start, without_leading_blank_lines
@@ -183,6 +184,7 @@ class GuardedRuntime:
             await self.inner.abort(rid)
         if cut:
             log.info("answer_allowance_guard", rid=rid, allowance=allowance, answered=answered)
+            metrics.BUDGET_GUARD.labels("answer_allowance").inc()
             final = _cut_finish(final, rid, reasoned=counted, answered=answered)
         still_reasoning = (
             final is not None
@@ -200,12 +202,14 @@ class GuardedRuntime:
         if final is not None and final.reasoning_content:
             reasoning.append(final.reasoning_content)
         first_usage = final.usage if final is not None and final.usage else Usage()
+        reason = "overrun" if overran else "length_while_reasoning"
+        metrics.BUDGET_GUARD.labels(reason).inc()
         log.info(
             "thinking_budget_guard",
             rid=rid,
             budget=budget,
             counted=counted,
-            reason="overrun" if overran else "length_while_reasoning",
+            reason=reason,
         )
         continuation = self._continue_answer(req, "".join(reasoning), rid, counted, first_usage)
         async with aclosing(continuation) as answer:

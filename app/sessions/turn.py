@@ -37,6 +37,7 @@ import anyio
 import structlog
 from redis.exceptions import RedisError
 
+from app import metrics
 from app.errors import CascadeError, ConflictError
 from app.sessions.idempotency import IdempotencyStore
 from app.sessions.models import SessionInfo, SessionOptions
@@ -160,6 +161,7 @@ class SessionTurn:
                     )
                     raise
                 log.warning("turn_commit_retry", attempt=attempt, exc_type=type(error).__name__)
+                metrics.REDIS_ERRORS.labels("commit_retry").inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             else:

@@ -26,7 +26,7 @@ class RecordedRequest(BaseModel):
     one sent to the client. Times are `time.monotonic()` seconds: `received_at` (body parsed),
     `started_at` (left the queue), `first_token_at`, `generation_ended_at` (last decode step,
     before the slot is freed), `finished_at` (response sent). `abort_reason` is "abort_request"
-    or "client_disconnect".
+    or "client_disconnect". `traceparent` is the request's W3C trace context header, if any.
     """
 
     body: Any
@@ -59,6 +59,10 @@ class RecordedRequest(BaseModel):
     first_token_at: float | None = None
     generation_ended_at: float | None = None
     finished_at: float | None = None
+
+    @property
+    def traceparent(self) -> str | None:
+        return self.headers.get("traceparent")
 
 
 @dataclass
