@@ -119,8 +119,8 @@ class Settings(CascadeSettings):
     # --- storage and service ---
     redis_url: str | None = Field(
         default=None,
-        description="Redis URL (`redis+cluster://host:port`: a Redis Cluster); unset = `cascade up` "
-        "starts a local redis-server.",
+        description="Redis URL (`redis+cluster://host:port`: a Redis Cluster); unset = "
+        "`cascade up` starts a local redis-server.",
     )
     state_dir: Path = Field(default=Path("./state"), description="Local state (Redis data).")
     host: str = Field(default="127.0.0.1")

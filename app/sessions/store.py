@@ -4,17 +4,18 @@ Layout (see `keys.Keys`): a hash of metadata, a list of orjson-encoded messages,
 idempotency records to the session, and per owner a sorted set of session ids by `updated_at`.
 
 Every operation on one session is one Lua script, so it is atomic and one round trip whatever
-the number of messages (plus one for the owner index, below); the owner check happens inside the script, and another owner's session
-answers exactly like a missing one. The script touches the session's keys only (one hash tag,
-one Redis Cluster slot); the owner index lives in a slot of its own, so it is updated by a
-second command, after the script succeeded (before it, for `create`). The index is therefore a
-listing aid that may lag, never the authority: `create` adds the id before the session exists,
-so a session is listed from its first moment (an id whose create failed is dropped by the next
-`list`, which skips ids without a session of that owner); writes move it to the top
-(`ZADD GT`: never back in time); `delete` removes it after the session is gone (if that fails,
-`list` drops it the same way). Reads and writes refresh the TTL of the session's keys and then
-of the index, so the index does not expire before a session it lists unless that refresh failed
-(Redis away between the two commands); the session's next write puts it back.
+the number of messages (plus one for the owner index, below); the owner check happens inside
+the script, and another owner's session answers exactly like a missing one. The script touches
+the session's keys only (one hash tag, one Redis Cluster slot); the owner index lives in a slot
+of its own, so it is updated by a second command, after the script succeeded (before it, for
+`create`). The index is therefore a listing aid that may lag, never the authority: `create` adds
+the id before the session exists, so a session is listed from its first moment (an id whose
+create failed is dropped by the next `list`, which skips ids without a session of that owner);
+writes move it to the top (`ZADD GT`: never back in time); `delete` removes it after the session
+is gone (if that fails, `list` drops it the same way). Reads and writes refresh the TTL of the
+session's keys and then of the index, so the index does not expire before a session it lists
+unless that refresh failed (Redis away between the two commands); the session's next write puts
+it back.
 
 Turns are versioned: `append_turn` commits only if the session is still at `expected_version`,
 so two turns that read the same history cannot both commit. `turn_lock` serialises whole turns
