@@ -1,6 +1,6 @@
 """Idempotency-Key records: a retried POST gets the first attempt's result instead of a rerun.
 
-One Redis hash per (owner, key): `state` (`pending` while the first attempt runs, then `done`),
+One Redis hash per (session, owner, key): `state` (`pending` while the first attempt runs, then `done`),
 `body_hash` (what the key was first used for) and, once done, `result` (orjson). A pending
 record expires after `idempotency_pending_ttl` so a crashed attempt cannot block its key for
 long; a done record lives `idempotency_ttl_hours`.

@@ -7,15 +7,14 @@ Every operation on one session is one Lua script, so it is atomic and one round 
 the number of messages (plus one for the owner index, below); the owner check happens inside
 the script, and another owner's session answers exactly like a missing one. The script touches
 the session's keys only (one hash tag, one Redis Cluster slot); the owner index lives in a slot
-of its own, so it is updated by a second command, after the script succeeded (before it, for
-`create`). The index is therefore a listing aid that may lag, never the authority: `create` adds
-the id before the session exists, so a session is listed from its first moment (an id whose
-create failed is dropped by the next `list`, which skips ids without a session of that owner);
-writes move it to the top (`ZADD GT`: never back in time); `delete` removes it after the session
-is gone (if that fails, `list` drops it the same way). Reads and writes refresh the TTL of the
-session's keys and then of the index, so the index does not expire before a session it lists
-unless that refresh failed (Redis away between the two commands); the session's next write puts
-it back.
+of its own, so it is updated by a second command, after the script succeeded. The index is
+therefore a listing aid that may lag, never the authority: a session whose index update failed
+(the call raised after the script) is missing from `list` until its next write; writes move it
+to the top (`ZADD GT`: never back in time, and an id missing from the index is added); `delete`
+removes it after the session is gone (if that fails, the next `list` drops it: it skips and
+removes ids without a session of that owner). Reads and writes refresh the TTL of the session's
+keys and then of the index, so the index does not expire before a session it lists unless that
+refresh failed (Redis away between the two commands).
 
 Turns are versioned: `append_turn` commits only if the session is still at `expected_version`,
 so two turns that read the same history cannot both commit. `turn_lock` serialises whole turns
@@ -42,6 +41,8 @@ from app.sessions.models import SessionInfo, SessionOptions
 # Lua scripts. Every one takes KEYS = info, messages, idempotency links (one session's slot).
 # RPUSH goes in slices so `unpack` stays far below Lua's stack limit for any history size.
 
+# ARGV = session id, now (both unused: the owner index is written outside), ttl, write token,
+# the fields (JSON), then the messages.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'last_write') == ARGV[4] then return 1 end
@@ -268,7 +269,6 @@ class SessionStore:
             if metadata:
                 fields["metadata"] = orjson.dumps(metadata).decode()
             flat = [item for pair in fields.items() for item in pair]
-            await self._touch_index(owner, session_id, now)  # first: see the module docstring
             created = await self._create(
                 keys=self._session_keys(session_id),
                 args=[
@@ -282,6 +282,7 @@ class SessionStore:
             )
             if created:  # 0 only on an id collision: draw another id
                 break
+        await self._touch_index(owner, session_id, now)
         return SessionInfo(
             id=session_id,
             owner=owner,
