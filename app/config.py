@@ -119,7 +119,8 @@ class Settings(CascadeSettings):
     # --- storage and service ---
     redis_url: str | None = Field(
         default=None,
-        description="Redis URL; unset = `cascade up` starts a local redis-server.",
+        description="Redis URL (`redis+cluster://host:port`: a Redis Cluster); unset = "
+        "`cascade up` starts a local redis-server.",
     )
     state_dir: Path = Field(default=Path("./state"), description="Local state (Redis data).")
     host: str = Field(default="127.0.0.1")
@@ -175,8 +176,12 @@ class Settings(CascadeSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        schemes = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+        if not value.startswith(schemes):
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+cluster:// or "
+                "rediss+cluster://"
+            )
         return value
 
     @model_validator(mode="after")

@@ -13,6 +13,15 @@ Contracts:
   multiplies the hang.
 
 Blocking commands (XREADGROUP with BLOCK) must block for less than `redis_socket_timeout`.
+
+Redis Cluster (and Valkey Cluster): a URL `redis+cluster://host:port` (or `rediss+cluster://`
+for TLS) names any one node of a cluster; the client is redis-py's `RedisCluster`, which reads
+the slot map from it and sends each command to the node owning its keys, with the same connect
+and reply timeouts. Its retries are its own: a connection error, a timeout or a cluster-down
+reply re-reads the slot map and tries again, at most `CLUSTER_RETRIES` more times, with no
+budget (a failover is exactly a timeout worth retrying on a cluster). Every key set a script,
+transaction or multi-key command of cascade's touches shares one hash tag (see the key
+modules), as a cluster requires.
 """
 
 from __future__ import annotations
@@ -20,10 +29,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from pydantic import Field
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,6 +41,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from app.settings_base import CascadeSettings
 
 T = TypeVar("T")
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+# Further tries of a command a cluster node failed (connection, timeout, cluster down).
+CLUSTER_RETRIES = 3
 
 
 class RedisSettings(CascadeSettings):
@@ -87,9 +101,33 @@ class BoundedRetry(Retry):
                 await asyncio.sleep(backoff)
 
 
+def cluster_url(url: str) -> str | None:
+    """The plain `redis://` (`rediss://`) URL of a `redis+cluster://` one; None for a URL of
+    a single Redis."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower()) if sep else None
+    return f"{plain}://{rest}" if plain is not None else None
+
+
 def redis_client(url: str, settings: RedisSettings | None = None) -> aioredis.Redis:
-    """A client for `url` with the timeouts and retry policy above (settings from env)."""
+    """A client for `url` with the timeouts and retry policy above (settings from env).
+
+    A `redis+cluster://` URL gets a `RedisCluster`. It is typed as `Redis` because cascade
+    calls only the commands, scripts and pipelines both clients implement; the cluster tests
+    run every store against a real cluster to keep that true.
+    """
     settings = settings or RedisSettings.load()
+    plain = cluster_url(url)
+    if plain is not None:
+        cluster = RedisCluster.from_url(
+            plain,
+            decode_responses=False,
+            socket_connect_timeout=settings.redis_connect_timeout,
+            socket_timeout=settings.redis_socket_timeout,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), CLUSTER_RETRIES),
+            health_check_interval=30,
+        )
+        return cast(aioredis.Redis, cluster)
     return aioredis.Redis.from_url(
         url,
         decode_responses=False,

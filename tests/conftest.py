@@ -3,7 +3,8 @@
 Redis: `redis_server` is one server shared by the whole session, emptied before each test (it
 cannot be killed, paused or restarted); a test that does any of that takes `own_redis_server`
 instead, and then every fixture of that test built on `redis_server` (such as `cascade`) uses the
-test's own server too.
+test's own server too. `redis_cluster` is a three-master Redis Cluster, started once per session
+(only when a test asks for it) and emptied before each test.
 
 No test may reach a real model: the environment's CASCADE_* variables are cleared, so a runtime
 URL always comes from a fixture (a simulator on loopback) or points at a closed port.
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import redis_server as redis_servers
-from tests.redis_server import RedisServer, SharedRedisServer, free_port
+from tests.redis_server import RedisClusterServer, RedisServer, SharedRedisServer, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +39,23 @@ def shared_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sh
         yield server
     finally:
         server.shut_down()
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    cluster = RedisClusterServer(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.launch()
+        yield cluster
+    finally:
+        cluster.shut_down()
+
+
+@pytest.fixture
+def redis_cluster(shared_redis_cluster: RedisClusterServer) -> RedisClusterServer:
+    """The session's three-master Redis Cluster, emptied before the test."""
+    shared_redis_cluster.fresh()
+    return shared_redis_cluster
 
 
 @pytest.fixture

@@ -10,16 +10,20 @@ server) is on unless `aof=False`.
 The shared one (`SharedRedisServer`) is handed from test to test, emptied in between; stopping it
 in any of those ways raises, so a test that needs to stop Redis takes a private server instead.
 `starts` counts the servers started in this process (a restart counts too).
+
+`RedisClusterServer` is a local three-master Redis Cluster, shared by a test session too.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -195,3 +199,136 @@ class SharedRedisServer(RedisServer):
 
     def restart(self) -> None:
         self._refuse("restart")
+
+
+class RedisClusterServer:
+    """A real three-master Redis Cluster on loopback (no replicas, no persistence), for tests
+    that check cascade's keys, scripts and transactions against a cluster's slot rules.
+
+    `url` is the `redis+cluster://` form `app.redis_client.redis_client` accepts. `fresh()`
+    empties every master and its script cache, as `SharedRedisServer.fresh` does.
+    """
+
+    def __init__(self, data_dir: Path, *, masters: int = 3) -> None:
+        binary = shutil.which("redis-server")
+        cli = shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise RuntimeError("redis-server and redis-cli are needed (make test installs them)")
+        self.binary = binary
+        self.cli = cli
+        self.data_dir = data_dir
+        self.ports = [_cluster_port() for _ in range(masters)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def launch(self) -> None:
+        global starts
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for port in self.ports:
+            starts += 1
+            argv = [
+                self.binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--appendonly",
+                "no",
+                "--save",
+                "",
+                "--logfile",
+                str(self.data_dir / f"redis-{port}.log"),
+            ]
+            self.procs.append(
+                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        for port in self.ports:
+            self._wait(lambda c: bool(c.ping()), port, "did not start")
+        subprocess.run(
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        for port in self.ports:
+            self._wait(_cluster_ok, port, "did not reach cluster_state:ok")
+
+    def _wait(self, ready: Callable[[redis.Redis], bool], port: int, what: str) -> None:
+        deadline = time.monotonic() + 30
+        client = redis.Redis(port=port, socket_connect_timeout=0.2, socket_timeout=2)
+        try:
+            while True:
+                try:
+                    if ready(client):
+                        return
+                except redis.ConnectionError:
+                    pass
+                if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                    raise RuntimeError(f"redis cluster node {port} {what}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def fresh(self) -> None:
+        for port in self.ports:
+            client = redis.Redis(port=port, socket_connect_timeout=2, socket_timeout=10)
+            try:
+                client.flushall(asynchronous=False)
+                client.script_flush("SYNC")
+            finally:
+                client.close()
+
+    def shut_down(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs = []
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _cluster_port() -> int:
+    """A free port P whose cluster bus port P + 10000 is free too (so P is at most 55535)."""
+    while True:
+        port = random.randint(20000, 45000)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+
+
+def _cluster_ok(client: redis.Redis) -> bool:
+    info = client.execute_command("CLUSTER", "INFO")
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "cluster_state:ok" in text

@@ -1,10 +1,15 @@
 """The Redis key layout of batches and the job queue.
 
 Per-batch keys carry the batch id as a hash tag (`{batch_…}`) so they share a Redis Cluster
-slot. The queue (a stream of batch items and one of background responses, read first, each with
-the consumer group `workers`) and the delayed-retry set are global: the
-scripts that touch both a batch and the queue assume a single Redis (or a cluster where the
-prefix pins them to one slot). Only `app.batches.queue` touches the queue's keys and group.
+slot. The queue's keys (a stream of batch items and one of background responses, read first,
+each with the consumer group `workers`, and the delayed-retry set) share the tag `{queue}`: the
+scripts that move entries between them (a due retry back into the stream, an entry acknowledged
+and queued again) need one slot. The queue is therefore one slot's load on a cluster: every
+claim, touch and acknowledgement goes to the node holding it (batch state, results and sessions
+spread over the others). No script or transaction touches a batch's keys and the queue's
+together (`app.batches.queue` says how the steps are ordered instead). The owner index and the
+set of active batches are keys of their own. Only `app.batches.queue` touches the queue's keys
+and group.
 """
 
 from __future__ import annotations
@@ -65,15 +70,15 @@ class BatchKeys:
 
     def stream(self) -> str:
         """Stream: queued items; consumer group `workers`."""
-        return f"{self.prefix}:queue:items"
+        return f"{self.prefix}:{{queue}}:items"
 
     def responses(self) -> str:
         """Stream: queued background responses (the priority lane); consumer group `workers`."""
-        return f"{self.prefix}:queue:responses"
+        return f"{self.prefix}:{{queue}}:responses"
 
     def delayed(self) -> str:
         """Sorted set: items waiting for a retry, scored by the time they are due."""
-        return f"{self.prefix}:queue:delayed"
+        return f"{self.prefix}:{{queue}}:delayed"
 
     def queue_stats(self) -> str:
         """Hash: counts the queue keeps (`retried`, `dead`: items parked for a retry, items

@@ -3,7 +3,11 @@ group, the set of items waiting for a retry, and the record of which worker runs
 
 Every stream command cascade sends is here; workers and the coordinator call `JobQueue`
 methods, never the keys. The operations that conclude an item touch both the item's batch and
-the stream, so each is one Lua script (atomic).
+the queue, which are in different Redis Cluster slots (`app.batches.keys`), so each is two
+steps, each one Lua script (atomic): the batch's step first (the result, the counts, the running
+mark), then the queue's (the entry acknowledged, and parked or queued again). A crash or a Redis
+error between the two leaves the entry pending, so it is delivered again; every batch step is
+idempotent, so that second delivery changes nothing but what the first one did not finish.
 
 Contracts:
 - Delivery is at least once. A claimed entry stays pending under its consumer until it is
@@ -12,11 +16,14 @@ Contracts:
   item may run more than once: after a reclaim, or after a crash before its result was written.
 - Result writes are idempotent: an item's result is written at most once (`HSETNX` on the
   batch's results keyed by custom_id), the batch's counts and image references move in the
-  same script, and the entry is acknowledged (XACK + XDEL) in it too. However often an item
-  ran, exactly one result is visible, and a crash never loses an item that was not concluded.
+  same script, and the entry is acknowledged (XACK + XDEL) right after it. However often an
+  item ran, exactly one result is visible, and a crash never loses an item that was not
+  concluded (one that crashed between the two steps is delivered again, finds its result
+  written, 'duplicate', and is acknowledged then).
 - A retry repeats the whole run (the runtime call, tools, image fetches), never the result
-  write: `retry_later` acknowledges the entry and parks the next attempt in one script; it comes
-  back as a new entry once due (`move_due`), with `attempt` one higher.
+  write: `retry_later` acknowledges the entry and parks the next attempt in one script (the
+  queue's step); it comes back as a new entry once due (`move_due`), with `attempt` one
+  higher.
 - Ordering: entries are claimed in the order they were queued, but run concurrently; retries
   and hand-backs go to the end. Nothing downstream depends on order: the coordinator writes
   results in input order when it writes the files.
@@ -53,36 +60,31 @@ from app.batches.models import BatchObject
 
 log = structlog.get_logger(__name__)
 
-# KEYS: batch, results, running, stream, images.
-# ARGV: cid, record, kind, group, msg id, usage x4, worker, body size, image sha256s...
+# The first step of concluding an item, in the batch's slot. KEYS: batch, results, running,
+# images. ARGV: cid, record, kind, usage x4, worker, body size, image sha256s...
 _FINISH = """
-local function ack()
-  if ARGV[5] ~= '' then
-    redis.call('XACK', KEYS[4], ARGV[4], ARGV[5])
-    redis.call('XDEL', KEYS[4], ARGV[5])
-  end
-  if redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[10] then
+local function unmark()
+  if redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[8] then
     redis.call('HDEL', KEYS[3], ARGV[1])
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'sealed') == '1' then
-  ack()
+  unmark()
   return 'sealed'
 end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
   redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
   redis.call('HINCRBY', KEYS[1], 'done', 1)
-  redis.call('HINCRBY', KEYS[1], 'done_bytes', ARGV[11])
-  redis.call('HINCRBY', KEYS[1], 'input_tokens', ARGV[6])
-  redis.call('HINCRBY', KEYS[1], 'output_tokens', ARGV[7])
-  redis.call('HINCRBY', KEYS[1], 'reasoning_tokens', ARGV[8])
-  redis.call('HINCRBY', KEYS[1], 'cached_tokens', ARGV[9])
+  redis.call('HINCRBY', KEYS[1], 'done_bytes', ARGV[9])
+  redis.call('HINCRBY', KEYS[1], 'input_tokens', ARGV[4])
+  redis.call('HINCRBY', KEYS[1], 'output_tokens', ARGV[5])
+  redis.call('HINCRBY', KEYS[1], 'reasoning_tokens', ARGV[6])
+  redis.call('HINCRBY', KEYS[1], 'cached_tokens', ARGV[7])
   redis.call('HDEL', KEYS[3], ARGV[1])
-  for i = 12, #ARGV do redis.call('SADD', KEYS[5], ARGV[i]) end
-  ack()
+  for i = 10, #ARGV do redis.call('SADD', KEYS[4], ARGV[i]) end
   return 'written'
 end
-ack()
+unmark()
 return 'duplicate'
 """
 
@@ -100,35 +102,41 @@ local n = redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
 return {'run', n}
 """
 
-# KEYS: batch, running, stream, delayed. ARGV: cid, group, msg id, due, payload, worker.
-_RETRY = """
-if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[6] then
-  redis.call('HDEL', KEYS[2], ARGV[1])
+# The first step of a retry or a release, in the batch's slot: the item is no longer running
+# by this worker. KEYS: running, batch. ARGV: cid, worker. 1 when the batch is sealed.
+_UNMARK = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+if redis.call('HGET', KEYS[2], 'sealed') == '1' then return 1 end
+return 0
+"""
+
+# The second step of a retry, in the queue's slot: the entry acknowledged and, unless the
+# payload is '', the next attempt parked, at once. KEYS: stream, delayed.
+# ARGV: group, msg id, payload, due.
+_PARK = """
+if ARGV[2] ~= '' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
 end
 if ARGV[3] ~= '' then
-  redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
-  redis.call('XDEL', KEYS[3], ARGV[3])
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 end
-if redis.call('HGET', KEYS[1], 'sealed') == '1' then
-  return 0
-end
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
 return 1
 """
 
-# KEYS: running, stream. ARGV: cid, group, msg id, worker, requeue (1/0), fields... (k, v)*
-_RELEASE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[4] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
+# The second step of a release, in the queue's slot: the entry acknowledged and, with
+# requeue, queued again at once. KEYS: stream. ARGV: group, msg id, requeue (1/0), fields...
+_REQUEUE = """
+if ARGV[2] ~= '' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
 end
-if ARGV[3] ~= '' then
-  redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
-  redis.call('XDEL', KEYS[2], ARGV[3])
-end
-if ARGV[5] == '1' then
+if ARGV[3] == '1' then
   local fields = {}
-  for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-  redis.call('XADD', KEYS[2], '*', unpack(fields))
+  for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('XADD', KEYS[1], '*', unpack(fields))
 end
 return 1
 """
@@ -296,8 +304,9 @@ class JobQueue:
         self._cursors: dict[tuple[str, str], str] = {}
         self._finish = redis.register_script(_FINISH)
         self._start = redis.register_script(_START)
-        self._retry = redis.register_script(_RETRY)
-        self._release = redis.register_script(_RELEASE)
+        self._unmark = redis.register_script(_UNMARK)
+        self._park = redis.register_script(_PARK)
+        self._requeue = redis.register_script(_REQUEUE)
         self._move_due = redis.register_script(_MOVE_DUE)
         self._seal = redis.register_script(_SEAL)
 
@@ -327,24 +336,28 @@ class JobQueue:
         line: int,
         complete: bool = False,
     ) -> None:
-        """Queue `items` (custom_id, line, body) as attempt 1 and move the batch's feed
-        position past them, in one transaction (`complete`: the input is exhausted). A feed
-        repeated after an error the caller could not read queues the items again; their
-        results are still written once."""
+        """Queue `items` (custom_id, line, body) as attempt 1, then move the batch's feed
+        position past them (`complete`: the input is exhausted): two transactions, the queue's
+        and the batch's (two cluster slots), in that order. A feed repeated after an error the
+        caller could not read (either one) queues the items again; their results are still
+        written once, and the position and `fed` counts move once per successful feed."""
+        if items:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for custom_id, number, body in items:
+                    pipe.xadd(
+                        self._stream,
+                        {
+                            "b": batch.id,
+                            "c": custom_id,
+                            "n": str(number),
+                            "o": batch.owner,
+                            "a": "1",
+                            "body": body,
+                        },
+                    )
+                await pipe.execute()
+        key = self.keys.batch(batch.id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            for custom_id, number, body in items:
-                pipe.xadd(
-                    self._stream,
-                    {
-                        "b": batch.id,
-                        "c": custom_id,
-                        "n": str(number),
-                        "o": batch.owner,
-                        "a": "1",
-                        "body": body,
-                    },
-                )
-            key = self.keys.batch(batch.id)
             pipe.hincrby(key, "fed", len(items))
             pipe.hincrby(key, "fed_bytes", sum(len(body) for _, _, body in items))
             position: dict[FieldT, EncodableT] = {
@@ -557,15 +570,12 @@ class JobQueue:
                 k.batch(item.batch_id),
                 k.results(item.batch_id),
                 k.running(item.batch_id),
-                k.stream(),
                 k.images(item.batch_id),
             ],
             args=[
                 item.custom_id,
                 record.dumps(),
                 "completed" if record.kind == "output" else "failed",
-                GROUP,
-                item.msg_id,
                 usage.get("input_tokens", 0),
                 usage.get("output_tokens", 0),
                 usage.get("reasoning_tokens", 0),
@@ -575,6 +585,7 @@ class JobQueue:
                 *images,
             ],
         )
+        await self._park(keys=[k.stream(), k.delayed()], args=[GROUP, item.msg_id, "", 0])
         return _s(outcome)  # type: ignore[return-value]
 
     async def dead_letter(self, item: QueueItem, failure: ResultRecord, *, worker: str) -> bool:
@@ -598,13 +609,14 @@ class JobQueue:
         # Two parked tries of one item (two deliveries that both failed) stay two members.
         payload["nonce"] = secrets.token_hex(4)
         k = self.keys
-        result = await self._retry(
-            keys=[k.batch(item.batch_id), k.running(item.batch_id), k.stream(), k.delayed()],
-            args=[item.custom_id, GROUP, item.msg_id, due, orjson.dumps(payload), worker],
+        sealed = await self._unmark(
+            keys=[k.running(item.batch_id), k.batch(item.batch_id)], args=[item.custom_id, worker]
         )
-        if result:
+        parked = b"" if sealed else orjson.dumps(payload)
+        await self._park(keys=[k.stream(), k.delayed()], args=[GROUP, item.msg_id, parked, due])
+        if not sealed:
             await self.redis.hincrby(self.keys.queue_stats(), "retried", 1)
-        return bool(result)
+        return not sealed
 
     async def release(self, item: QueueItem, *, worker: str, requeue: bool) -> None:
         """Let go of an item: acknowledge it and, with `requeue` (a drain that ran out of
@@ -613,9 +625,11 @@ class JobQueue:
         for key, value in item.fields().items():
             fields += [key, value]
         k = self.keys
-        await self._release(
-            keys=[k.running(item.batch_id), k.stream()],
-            args=[item.custom_id, GROUP, item.msg_id, worker, "1" if requeue else "0", *fields],
+        await self._unmark(
+            keys=[k.running(item.batch_id), k.batch(item.batch_id)], args=[item.custom_id, worker]
+        )
+        await self._requeue(
+            keys=[k.stream()], args=[GROUP, item.msg_id, "1" if requeue else "0", *fields]
         )
 
     async def stats(self) -> QueueStats:

@@ -7,6 +7,10 @@ Contracts:
 - Once `cancel` returns, no further item of the batch starts (the queue's `start_item` checks
   the status the cancel set).
 - Sealing a batch (before its files are written) makes every later result write a no-op.
+- A batch's own keys share its hash tag; the owner index and the set of active batches are
+  keys of their own (other Redis Cluster slots), so `create` and `retire` write them in separate
+  steps, ordered so that a failure part-way never leaves a batch that is listed but not
+  coordinated (see each method).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from app.batches.models import (
 from app.batches.queue import FinishOutcome, JobQueue, QueueItem, StartOutcome
 from app.errors import ConflictError, InvalidRequestError, NotFoundError
 
-# KEYS: batch, active. ARGV: allowed statuses (comma list), new status, then field/value pairs.
+# KEYS: batch. ARGV: allowed statuses (comma list), new status, then field/value pairs.
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
@@ -83,7 +87,13 @@ class BatchStore(JobQueue):
         job: dict[str, Any] | None = None,
         model: str | None = None,
     ) -> BatchObject:
-        """A new batch in `validating`; the coordinator picks it up."""
+        """A new batch in `validating`; the coordinator picks it up.
+
+        Three writes in this order: the object, then the active set (the coordinator's work
+        list), then the owner index. A failure part-way raises, and the caller never learns the
+        id: what was written stays unlisted (an object alone, or a batch that is coordinated to
+        its end unlisted), never a listed batch nobody moves.
+        """
         batch_id = new_batch_id()
         now = time.time()
         created = int(now)
@@ -104,11 +114,9 @@ class BatchStore(JobQueue):
             "model": model or "",
             "sealed": "0",
         }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.batch(batch_id), mapping=fields)
-            pipe.zadd(self.keys.owner_index(owner), {batch_id: int(now * 1_000_000)})
-            pipe.sadd(self.keys.active(), batch_id)
-            await pipe.execute()
+        await self.redis.hset(self.keys.batch(batch_id), mapping=fields)
+        await self.redis.sadd(self.keys.active(), batch_id)
+        await self.redis.zadd(self.keys.owner_index(owner), {batch_id: int(now * 1_000_000)})
         batch = await self.load(batch_id)
         assert batch is not None
         return batch
@@ -178,9 +186,7 @@ class BatchStore(JobQueue):
         argv: list[Any] = [",".join(allowed), status]
         for name, value in fields.items():
             argv += [name, "" if value is None else value]
-        result = await self._transition(
-            keys=[self.keys.batch(batch_id), self.keys.active()], args=argv
-        )
+        result = await self._transition(keys=[self.keys.batch(batch_id)], args=argv)
         return result is not None and _s(result) == "ok"
 
     async def cancel(self, owner: str, batch_id: str) -> BatchObject:
@@ -206,13 +212,15 @@ class BatchStore(JobQueue):
         await self.redis.hset(self.keys.batch(batch_id), mapping=mapping)
 
     async def retire(self, batch_id: str, retention_seconds: int) -> None:
-        """A final batch: drop item bookkeeping, stop coordinating, keep the object a while."""
+        """A final batch: drop item bookkeeping and keep the object a while (one transaction),
+        then stop coordinating it (a failure before that leaves it active: the coordinator
+        meets the final batch again and retires it again)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(*self.keys.item_keys(batch_id))
-            pipe.srem(self.keys.active(), batch_id)
             pipe.expire(self.keys.batch(batch_id), retention_seconds)
             pipe.expire(self.keys.images(batch_id), retention_seconds)
             await pipe.execute()
+        await self.redis.srem(self.keys.active(), batch_id)
 
     # ------------------------------------------------------------------ validation results
 

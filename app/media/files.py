@@ -5,7 +5,9 @@ streams into a temporary file in the same directory, counted against the purpose
 it arrives, and is renamed into place only when complete (fsync'd first), so a file id never
 names a partial file. Metadata is an OpenAI file object in the Redis hash
 `{prefix}:file:{id}` (plus the owner), indexed per owner in the sorted set
-`{prefix}:owner:{owner}:files` (score: creation time in microseconds).
+`{prefix}:owner:{owner}:files` (score: creation time in microseconds). The two are in different
+Redis Cluster slots, so they are written one after the other: the record, then the index entry
+(created); the record, then the entry (deleted). `list` skips and drops entries without a record.
 
 Purposes: `vision` (images for chat messages; checked from their header as image intake
 would check them, so an image that could never be used, a decompression bomb, is refused with
@@ -317,8 +319,12 @@ class FileStore:
             )
             if expires_at is not None:
                 pipe.expireat(key, expires_at)
-            pipe.zadd(self.owner_key(owner), {file_id: int(now * 1_000_000)})
             await pipe.execute()
+        # Then the index (another cluster slot). Not before: `list` drops an indexed id without
+        # a record, so it could drop this one meanwhile. If this fails, the caller gets the
+        # error, never the id: the file stays, unlisted, until it expires (or for good when it
+        # has no expiry; a Redis error in this one-command window is the price of two slots).
+        await self.redis.zadd(self.owner_key(owner), {file_id: int(now * 1_000_000)})
         log.info("file_created", file_id=file_id, purpose=purpose, bytes=size)
         return obj
 
@@ -439,10 +445,9 @@ class FileStore:
     async def delete(self, owner: str, file_id: str) -> None:
         """Delete the owner's file (404 if it is not theirs or does not exist)."""
         await self.get(owner, file_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.meta_key(file_id))
-            pipe.zrem(self.owner_key(owner), file_id)
-            await pipe.execute()
+        # The record, then the index entry (two cluster slots; `list` drops an entry left over).
+        await self.redis.delete(self.meta_key(file_id))
+        await self.redis.zrem(self.owner_key(owner), file_id)
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(self.path(file_id).unlink)
         log.info("file_deleted", file_id=file_id)

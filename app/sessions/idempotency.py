@@ -1,26 +1,28 @@
 """Idempotency-Key records: a retried POST gets the first attempt's result instead of a rerun.
 
-One Redis hash per (owner, key): `state` (`pending` while the first attempt runs, then `done`),
-`body_hash` (what the key was first used for) and, once done, `result` (orjson). A pending
-record expires after `idempotency_pending_ttl` so a crashed attempt cannot block its key for
+One Redis hash per (session, owner, key): `state` (`pending` while the first attempt runs, then
+`done`), `body_hash` (what the key was first used for) and, once done, `result` (orjson). A
+pending record expires after `idempotency_pending_ttl` so a crashed attempt cannot block its key for
 long; a done record lives `idempotency_ttl_hours`.
 
-A result is derived from its session, so it never outlives it: `complete` links the record to
-the session (a per-session set, emptied by `SessionStore.delete` in the same script that deletes
-the session) and stores the session's key in the record; `begin` drops a done record whose
-session is gone and lets the request run afresh (it then meets the missing session: 404). A
-turn whose session was deleted while it ran stores no result at all. (The record's key is not
-in the session's hash slot, so this assumes one Redis, not a cluster, like the owner index.)
+A result is derived from its session, so it never outlives it. A record for a turn on a session
+is named under that session's hash tag (`Keys.idempotency(owner, key, session_id)`), so it is a
+record per (session, owner, key) and shares the session's Redis Cluster slot: `complete` links it
+to the session (a per-session set, emptied by `SessionStore.delete` in the same script that
+deletes the session); `begin` drops a done record whose session is gone and lets the request run
+afresh (it then meets the missing session: 404). A turn whose session was deleted while it ran
+stores no result at all. Every call of one request passes the same `session_id` (None: a record
+of the owner's alone, linked to nothing).
 
 The caller's protocol:
 
-    cached = await store.begin(owner, key, request_hash(body))
+    cached = await store.begin(owner, key, request_hash(body), session_id=session_id)
     if cached is not None:
         return cached
     try:
         result = await run_the_turn()
     except BaseException:
-        await store.abandon(owner, key)
+        await store.abandon(owner, key, session_id=session_id)
         raise
     await store.complete(owner, key, result, session_id=session_id)
 """
@@ -38,12 +40,13 @@ import redis.asyncio as aioredis
 
 from app.errors import ConflictError, UnprocessableError
 from app.sessions.config import SessionSettings
-from app.sessions.keys import SESSION_ID_RE, Keys
+from app.sessions.keys import Keys
 
-# ARGV = body hash, pending ttl, owner. A done record of a session that is gone is dropped.
+# KEYS = record [, session info]; ARGV = body hash, pending ttl, owner. A done record of a
+# session that is gone is dropped.
 _BEGIN = """
-local session = redis.call('HGET', KEYS[1], 'session')
-if session and redis.call('HGET', session, 'owner') ~= ARGV[3] then
+if #KEYS == 2 and redis.call('HEXISTS', KEYS[1], 'session') == 1
+   and redis.call('HGET', KEYS[2], 'owner') ~= ARGV[3] then
   redis.call('DEL', KEYS[1])
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -117,8 +120,10 @@ class IdempotencyStore:
         self._complete = redis.register_script(_COMPLETE)
         self._abandon = redis.register_script(_ABANDON)
 
-    async def begin(self, owner: str, key: str, body_hash: str) -> dict[str, Any] | None:
-        """Claim `key` for a request whose body hashes to `body_hash`.
+    async def begin(
+        self, owner: str, key: str, body_hash: str, *, session_id: str | None = None
+    ) -> dict[str, Any] | None:
+        """Claim `key` for a request on `session_id` whose body hashes to `body_hash`.
 
         Returns None when the caller now owns the key and must run the request (then call
         `complete` or `abandon`), or the first attempt's stored result. Raises
@@ -130,11 +135,12 @@ class IdempotencyStore:
                 f"Idempotency-Key must be 1 to {KEY_MAX_LENGTH} characters",
                 param="Idempotency-Key",
             )
-        name = self.keys.idempotency(owner, key)
+        name = self.keys.idempotency(owner, key, session_id)
+        keys = [name] if session_id is None else [name, self.keys.info(session_id)]
         deadline = self._clock() + self.settings.idempotency_wait
         pending_ms = max(1, int(self.settings.idempotency_pending_ttl * 1000))
         while True:
-            reply: list[Any] = await self._begin(keys=[name], args=[body_hash, pending_ms, owner])
+            reply: list[Any] = await self._begin(keys=keys, args=[body_hash, pending_ms, owner])
             if not reply:
                 return None
             it = iter(reply)
@@ -159,27 +165,22 @@ class IdempotencyStore:
     async def complete(
         self, owner: str, key: str, result: dict[str, Any], *, session_id: str | None = None
     ) -> None:
-        """Store the result of the request that owns `key`; later `begin`s return it.
+        """Store the result of the request on `session_id` that owns `key`; later `begin`s
+        (with the same `session_id`) return it.
 
-        The result belongs to session `session_id` (by default the result's own top-level
-        `session_id`, as in cascade's completion bodies): deleting that session deletes the
-        result, and if the session is already gone (or another owner's) nothing is stored and
-        the key is released. A key that is no longer pending (its reservation expired, or it was
-        completed) is left as it is.
+        The result belongs to that session: deleting the session deletes the result, and if the
+        session is already gone (or another owner's) nothing is stored and the key is released.
+        A key that is no longer pending (its reservation expired, or it was completed) is left
+        as it is.
         """
-        name = self.keys.idempotency(owner, key)
-        keys = [name]
-        if session_id is None:
-            named = result.get("session_id")
-            session_id = (
-                named if isinstance(named, str) and SESSION_ID_RE.fullmatch(named) else None
-            )
+        keys = [self.keys.idempotency(owner, key, session_id)]
         if session_id is not None:
             keys += [self.keys.info(session_id), self.keys.idempotency_links(session_id)]
         await self._complete(
             keys=keys, args=[orjson.dumps(result), self.settings.idempotency_ttl_ms, owner]
         )
 
-    async def abandon(self, owner: str, key: str) -> None:
-        """The request that owns `key` failed: release the key so a retry runs again."""
-        await self._abandon(keys=[self.keys.idempotency(owner, key)], args=[])
+    async def abandon(self, owner: str, key: str, *, session_id: str | None = None) -> None:
+        """The request on `session_id` that owns `key` failed: release the key so a retry runs
+        again."""
+        await self._abandon(keys=[self.keys.idempotency(owner, key, session_id)], args=[])

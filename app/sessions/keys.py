@@ -1,8 +1,11 @@
 """The Redis key layout of sessions, turn locks and idempotency records.
 
 Every key a session owns carries the session id as a hash tag (`{sess_…}` or `{conv_…}`), so on
-a Redis Cluster they share a slot. Owner-supplied strings never reach a key unhashed except the
-owner id, which is cascade's own (`key_…`).
+a Redis Cluster they share a slot: its metadata, messages, lock and the idempotency records of
+its turns (with their links). The owner's index of sessions is in a slot of its own (no tag): no
+script touches it together with a session (see `app.sessions.store` for how the two are kept
+consistent). Owner-supplied strings never reach a key unhashed except the owner id, which is
+cascade's own (`key_…`).
 """
 
 from __future__ import annotations
@@ -50,8 +53,11 @@ class Keys:
         """Sorted set: the owner's session ids scored by `updated_at`."""
         return f"{self.prefix}:owner:{owner}:sessions"
 
-    def idempotency(self, owner: str, key: str) -> str:
-        """String: one Idempotency-Key's record. The client's key is hashed: any length, any
-        characters, and never readable in the keyspace."""
+    def idempotency(self, owner: str, key: str, session_id: str | None = None) -> str:
+        """Hash: one Idempotency-Key's record, for turns on `session_id` under that session's
+        tag (so the session's scripts may touch it), else in a slot of its own. The client's
+        key is hashed: any length, any characters, and never readable in the keyspace."""
         digest = hashlib.sha256(key.encode()).hexdigest()
+        if session_id is not None:
+            return f"{self.prefix}:session:{{{session_id}}}:idem:{owner}:{digest}"
         return f"{self.prefix}:idem:{owner}:{digest}"

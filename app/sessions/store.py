@@ -4,9 +4,17 @@ Layout (see `keys.Keys`): a hash of metadata, a list of orjson-encoded messages,
 idempotency records to the session, and per owner a sorted set of session ids by `updated_at`.
 
 Every operation on one session is one Lua script, so it is atomic and one round trip whatever
-the number of messages; the owner check happens inside the script, and another owner's session
-answers exactly like a missing one. Reads and writes refresh the TTL of all the session's keys
-and of the owner index (the index therefore never expires before a session it lists).
+the number of messages (plus one for the owner index, below); the owner check happens inside
+the script, and another owner's session answers exactly like a missing one. The script touches
+the session's keys only (one hash tag, one Redis Cluster slot); the owner index lives in a slot
+of its own, so it is updated by a second command, after the script succeeded. The index is
+therefore a listing aid that may lag, never the authority: a session whose index update failed
+(the call raised after the script) is missing from `list` until its next write; writes move it
+to the top (`ZADD GT`: never back in time, and an id missing from the index is added); `delete`
+removes it after the session is gone (if that fails, the next `list` drops it: it skips and
+removes ids without a session of that owner). Reads and writes refresh the TTL of the session's
+keys and then of the index, so the index does not expire before a session it lists unless that
+refresh failed (Redis away between the two commands).
 
 Turns are versioned: `append_turn` commits only if the session is still at `expected_version`,
 so two turns that read the same history cannot both commit. `turn_lock` serialises whole turns
@@ -30,9 +38,11 @@ from app.sessions.keys import SESSION_ID_RE, Keys
 from app.sessions.lock import RedisLock
 from app.sessions.models import SessionInfo, SessionOptions
 
-# Lua scripts. Every one takes KEYS = info, messages, idempotency links, owner index.
+# Lua scripts. Every one takes KEYS = info, messages, idempotency links (one session's slot).
 # RPUSH goes in slices so `unpack` stays far below Lua's stack limit for any history size.
 
+# ARGV = session id, now (both unused: the owner index is written outside), ttl, write token,
+# the fields (JSON), then the messages.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'last_write') == ARGV[4] then return 1 end
@@ -44,14 +54,12 @@ for i = 6, #ARGV, 100 do
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-redis.call('PEXPIRE', KEYS[4], ARGV[3])
 return 1
 """
 
 _READ = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
 local info = redis.call('HGETALL', KEYS[1])
 local count = redis.call('LLEN', KEYS[2])
 if ARGV[3] == '1' then
@@ -78,8 +86,7 @@ redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], 'last_write', ARGV[6])
 if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'title', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'options', ARGV[9]) end
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[5])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
 """
 
@@ -87,8 +94,7 @@ return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
 _SET_METADATA = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
 redis.call('HSET', KEYS[1], 'metadata', ARGV[2], 'updated_at', ARGV[3])
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[5])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
 """
 
@@ -116,18 +122,17 @@ end
 if #ARGV >= first_removed then redis.call('LREM', KEYS[2], 0, ARGV[7]) end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], 'last_write', ARGV[6])
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[5])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
 """
 
 # The linked idempotency records go in the same script: a replay never finds a result of a
-# deleted session. (Their names come from the set, not KEYS: cascade runs on one Redis.)
+# deleted session. Their names come from the set, not KEYS; they carry the session's hash tag
+# (`Keys.idempotency`), so on a cluster they are in this script's slot.
 _DELETE = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
 for _, record in ipairs(redis.call('SMEMBERS', KEYS[3])) do redis.call('DEL', record) end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('ZREM', KEYS[4], ARGV[2])
 return {'ok'}
 """
 
@@ -199,8 +204,18 @@ class SessionStore:
         self._edit = redis.register_script(_EDIT)
         self._page = redis.register_script(_PAGE)
 
-    def _session_keys(self, session_id: str, owner: str) -> list[str]:
-        return [*self.keys.session_keys(session_id), self.keys.owner_index(owner)]
+    def _session_keys(self, session_id: str) -> list[str]:
+        return self.keys.session_keys(session_id)
+
+    async def _touch_index(self, owner: str, session_id: str | None, updated_at: float) -> None:
+        """After a script succeeded: the owner index's TTL renewed and, for a write
+        (`session_id`), the session moved up to `updated_at` (never down: `GT`)."""
+        index = self.keys.owner_index(owner)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if session_id is not None:
+                pipe.zadd(index, {session_id: updated_at}, gt=True)
+            pipe.pexpire(index, self.settings.session_ttl_ms)
+            await pipe.execute()
 
     async def create(
         self,
@@ -255,7 +270,7 @@ class SessionStore:
                 fields["metadata"] = orjson.dumps(metadata).decode()
             flat = [item for pair in fields.items() for item in pair]
             created = await self._create(
-                keys=self._session_keys(session_id, owner),
+                keys=self._session_keys(session_id),
                 args=[
                     session_id,
                     repr(now),
@@ -267,6 +282,7 @@ class SessionStore:
             )
             if created:  # 0 only on an id collision: draw another id
                 break
+        await self._touch_index(owner, session_id, now)
         return SessionInfo(
             id=session_id,
             owner=owner,
@@ -284,11 +300,12 @@ class SessionStore:
         if not SESSION_ID_RE.fullmatch(session_id):
             raise _not_found(session_id)
         reply: list[Any] = await self._read(
-            keys=self._session_keys(session_id, owner),
+            keys=self._session_keys(session_id),
             args=[owner, self.settings.session_ttl_ms, "1" if with_messages else "0"],
         )
         if _text(reply[0]) != "ok":
             raise _not_found(session_id)
+        await self._touch_index(owner, None, 0.0)
         return reply
 
     async def load(self, session_id: str, owner: str) -> tuple[SessionInfo, list[dict[str, Any]]]:
@@ -327,7 +344,7 @@ class SessionStore:
             raise _not_found(session_id)
         now = time.time()
         reply: list[Any] = await self._append(
-            keys=self._session_keys(session_id, owner),
+            keys=self._session_keys(session_id),
             args=[
                 owner,
                 expected_version,
@@ -350,6 +367,7 @@ class SessionStore:
                 f"expected {expected_version}); reload it and retry",
                 code="session_version_conflict",
             )
+        await self._touch_index(owner, session_id, now)
         return _info(_pairs(reply[1]), int(reply[2]))
 
     async def set_metadata(
@@ -361,7 +379,7 @@ class SessionStore:
             raise _not_found(session_id)
         now = time.time()
         reply: list[Any] = await self._set_metadata(
-            keys=self._session_keys(session_id, owner),
+            keys=self._session_keys(session_id),
             args=[
                 owner,
                 orjson.dumps(dict(metadata)),
@@ -372,6 +390,7 @@ class SessionStore:
         )
         if _text(reply[0]) != "ok":
             raise _not_found(session_id)
+        await self._touch_index(owner, session_id, now)
         return _info(_pairs(reply[1]), int(reply[2]))
 
     async def edit_messages(
@@ -398,7 +417,7 @@ class SessionStore:
         now = time.time()
         pairs = [arg for index, m in replace.items() for arg in (index, orjson.dumps(m))]
         reply: list[Any] = await self._edit(
-            keys=self._session_keys(session_id, owner),
+            keys=self._session_keys(session_id),
             args=[
                 owner,
                 expected_version,
@@ -424,6 +443,7 @@ class SessionStore:
             )
         if status == "range":
             raise UnprocessableError(f"no such message: the session holds {int(reply[1])}")
+        await self._touch_index(owner, session_id, now)
         return _info(_pairs(reply[1]), int(reply[2]))
 
     async def list(
@@ -470,14 +490,16 @@ class SessionStore:
 
     async def delete(self, session_id: str, owner: str) -> None:
         """Remove the session and everything stored about it (messages, linked idempotency
-        results), atomically. `NotFoundError` if it does not exist."""
+        results), atomically; then its id from the owner index. `NotFoundError` if it does not
+        exist."""
         if not SESSION_ID_RE.fullmatch(session_id):
             raise _not_found(session_id)
         reply: list[Any] = await self._delete(
-            keys=self._session_keys(session_id, owner), args=[owner, session_id]
+            keys=self._session_keys(session_id), args=[owner, session_id]
         )
         if _text(reply[0]) != "ok":
             raise _not_found(session_id)
+        await self._redis.zrem(self.keys.owner_index(owner), session_id)
 
     async def fork(self, session_id: str, owner: str, *, upto: int | None = None) -> SessionInfo:
         """A new session of `owner` holding the first `upto` messages (None = all) of this one,

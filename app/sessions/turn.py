@@ -87,7 +87,9 @@ class SessionTurn:
             if self._key:
                 if self.idempotency is None:
                     raise CascadeError("idempotency needs Redis; set CASCADE_REDIS_URL")
-                self.replay = await self.idempotency.begin(self.owner, self._key, self.body_hash)
+                self.replay = await self.idempotency.begin(
+                    self.owner, self._key, self.body_hash, session_id=self.session_id
+                )
                 if self.replay is not None:
                     self._key = None  # not ours to complete or give up
                     return self
@@ -118,7 +120,7 @@ class SessionTurn:
         key, self._key = self._key, None
         try:
             if key and self.idempotency is not None:
-                await self.idempotency.abandon(self.owner, key)
+                await self.idempotency.abandon(self.owner, key, session_id=self.session_id)
         except RedisError as error:  # the claim expires on its own; the log says it stayed
             log.warning("idempotency_key_not_released", exc_type=type(error).__name__)
         try:
@@ -219,7 +221,7 @@ class SessionTurn:
                 self.owner,
                 key,
                 body,
-                session_id=self.info.id if self.info is not None else None,
+                session_id=self.session_id,
             )
             self._key = None
         except RedisError as error:

@@ -234,7 +234,7 @@ async def test_a_malformed_queue_entry_is_dropped_and_the_worker_goes_on(
     with batch_api(sim, redis_server, tmp_path / "state") as api:
         client = api.client()
         with redis.Redis.from_url(redis_server.url) as probe:
-            stream = "cascade:queue:items"
+            stream = "cascade:{queue}:items"
             probe.xgroup_create(stream, "workers", id="0", mkstream=True)
             bad = probe.xadd(stream, {"b": "batch_x", "c": "x", "n": "not a number", "a": "?"})
             batch_id = create(api, "test-key", [request_line("a", "hi")])

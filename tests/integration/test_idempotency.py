@@ -143,13 +143,13 @@ async def test_result_is_linked_only_to_the_owners_session(client: aioredis.Redi
     sessions = SessionStore(client)
     session = await sessions.create(OWNER)
     store = IdempotencyStore(client)
-    assert await store.begin("key_bob", "k", "h") is None
+    assert await store.begin("key_bob", "k", "h", session_id=session.id) is None
     await store.complete("key_bob", "k", RESULT, session_id=session.id)
     assert await client.exists(sessions.keys.idempotency_links(session.id)) == 0
-    assert await store.begin(OWNER, "k", "h") is None
+    assert await store.begin(OWNER, "k", "h", session_id=session.id) is None
     await store.complete(OWNER, "k", RESULT, session_id=session.id)
     linked = await client.smembers(sessions.keys.idempotency_links(session.id))
-    assert linked == {store.keys.idempotency(OWNER, "k").encode()}
+    assert linked == {store.keys.idempotency(OWNER, "k", session.id).encode()}
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256])
@@ -158,17 +158,17 @@ async def test_unusable_keys_are_422(client: aioredis.Redis, key: str) -> None:
         await IdempotencyStore(client).begin(OWNER, key, "h")
 
 
-async def test_a_result_is_linked_to_the_session_its_body_names(client: aioredis.Redis) -> None:
+async def test_a_result_goes_with_its_session(client: aioredis.Redis) -> None:
     sessions = SessionStore(client)
     session = await sessions.create(OWNER)
     store = IdempotencyStore(client)
-    assert await store.begin(OWNER, "k", "h") is None
-    await store.complete(OWNER, "k", {**RESULT, "session_id": session.id})
+    assert await store.begin(OWNER, "k", "h", session_id=session.id) is None
+    await store.complete(OWNER, "k", RESULT, session_id=session.id)
     linked = await client.smembers(sessions.keys.idempotency_links(session.id))
-    assert linked == {store.keys.idempotency(OWNER, "k").encode()}
+    assert linked == {store.keys.idempotency(OWNER, "k", session.id).encode()}
     await sessions.delete(session.id, OWNER)
-    assert await client.exists(store.keys.idempotency(OWNER, "k")) == 0
-    assert await store.begin(OWNER, "k", "h") is None  # runs afresh
+    assert await client.exists(store.keys.idempotency(OWNER, "k", session.id)) == 0
+    assert await store.begin(OWNER, "k", "h", session_id=session.id) is None  # runs afresh
 
 
 async def test_a_turn_whose_session_was_deleted_meanwhile_stores_no_result(
@@ -177,19 +177,34 @@ async def test_a_turn_whose_session_was_deleted_meanwhile_stores_no_result(
     sessions = SessionStore(client)
     session = await sessions.create(OWNER)
     store = IdempotencyStore(client)
-    assert await store.begin(OWNER, "k", "h") is None
+    assert await store.begin(OWNER, "k", "h", session_id=session.id) is None
     await sessions.delete(session.id, OWNER)  # while the turn runs
     await store.complete(OWNER, "k", RESULT, session_id=session.id)
-    assert await client.exists(store.keys.idempotency(OWNER, "k")) == 0
-    assert await store.begin(OWNER, "k", "h") is None
+    assert await client.exists(store.keys.idempotency(OWNER, "k", session.id)) == 0
+    assert await store.begin(OWNER, "k", "h", session_id=session.id) is None
 
 
 async def test_a_result_of_a_vanished_session_is_not_replayed(client: aioredis.Redis) -> None:
     sessions = SessionStore(client)
     session = await sessions.create(OWNER)
     store = IdempotencyStore(client)
-    assert await store.begin(OWNER, "k", "h") is None
+    assert await store.begin(OWNER, "k", "h", session_id=session.id) is None
     await store.complete(OWNER, "k", RESULT, session_id=session.id)
     await client.delete(*sessions.keys.session_keys(session.id))  # expired, or deleted by hand
-    assert await store.begin(OWNER, "k", "h") is None  # the caller now meets the missing session
-    assert await client.hget(store.keys.idempotency(OWNER, "k"), "state") == b"pending"
+    assert (
+        await store.begin(OWNER, "k", "h", session_id=session.id) is None
+    )  # the caller now meets the missing session
+    assert await client.hget(store.keys.idempotency(OWNER, "k", session.id), "state") == b"pending"
+
+
+async def test_records_are_per_session(client: aioredis.Redis) -> None:
+    sessions = SessionStore(client)
+    first, second = await sessions.create(OWNER), await sessions.create(OWNER)
+    store = IdempotencyStore(client)
+    assert await store.begin(OWNER, "k", "h", session_id=first.id) is None
+    await store.complete(OWNER, "k", RESULT, session_id=first.id)
+    # The same key on another session names another record: that turn runs.
+    assert await store.begin(OWNER, "k", "other", session_id=second.id) is None
+    assert await store.begin(OWNER, "k", "h", session_id=first.id) == RESULT
+    record = store.keys.idempotency(OWNER, "k", first.id)
+    assert record.split("{")[1].split("}")[0] == first.id  # in the session's cluster slot
