@@ -82,9 +82,12 @@ async def chromium() -> AsyncIterator[Browser]:
 
 async def progress(page: Page, batch_id: str) -> tuple[float, str]:
     """The batch's progress bar value and status as the page shows them now."""
+    # One evaluation reads both: two reads could straddle one of the page's own updates.
     row = page.locator(f'tr[data-batch="{batch_id}"]')
-    value = await row.locator("progress").evaluate("bar => bar.value")
-    return float(value), (await row.locator("td.status").inner_text()).strip()
+    value, status = await row.evaluate(
+        "row => [row.querySelector('progress').value, row.querySelector('td.status').innerText]"
+    )
+    return float(value), str(status).strip()
 
 
 async def wait_for(
