@@ -73,8 +73,9 @@ _cleanups: set[asyncio.Task[None]] = set()
 class RedisLock:
     """An async context manager holding `key` for its body.
 
-    Waits up to `wait` seconds for the lock, then raises `ConflictError(message)`. While held, a
-    background task owned by the context manager extends the expiry every `ttl / 3` seconds.
+    Waits up to `wait` seconds for the lock, then raises `ConflictError(message)`. While held, the
+    expiry is extended every `ttl / 3` seconds (a loop timer that starts a renewal task when it
+    is due: a short hold, the common case, costs no task at all).
     `lost` turns true if a renewal found the lock no longer ours (it expired and someone else
     took it); the body keeps running, and its writes stay safe through versioned appends.
     `clock` (monotonic seconds) times the wait and how long a background release keeps trying;
@@ -101,6 +102,7 @@ class RedisLock:
         self._code = code
         self._token = secrets.token_hex(16)
         self._renewer: asyncio.Task[None] | None = None
+        self._renew_timer: asyncio.TimerHandle | None = None
         self._held = False
         self._acquire_script = redis.register_script(_ACQUIRE)
         self._release_script = redis.register_script(_RELEASE)
@@ -135,11 +137,14 @@ class RedisLock:
             await asyncio.sleep(min(pause * random.uniform(0.8, 1.2), remaining))
             pause = min(pause * 1.5, _POLL_MAX)
         self.lost = False
-        self._renewer = asyncio.create_task(self._renew_forever(), name=f"renew {self._key}")
+        self._schedule_renewal()
 
     async def release(self) -> None:
         """Stop renewing and delete the lock if it is still ours. Never raises `RedisError`;
         without a successful `acquire` (a failed one cleans up on its own) it does nothing."""
+        timer, self._renew_timer = self._renew_timer, None
+        if timer is not None:
+            timer.cancel()
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
             renewer.cancel()
@@ -177,22 +182,29 @@ class RedisLock:
         if answered:
             log.info("lock_released_late", key=self._key)
 
-    async def _renew_forever(self) -> None:
-        interval = self._ttl_ms / 3000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                renewed = await self._renew_script(
-                    keys=[self._key], args=[self._token, self._ttl_ms]
-                )
-            except RedisError as exc:
-                # Try again next tick; a Redis away for longer than the ttl loses the lock.
-                log.warning("lock_renew_failed", key=self._key, exc_type=type(exc).__name__)
-                continue
-            if not renewed:
-                self.lost = True
-                log.warning("lock_lost", key=self._key)
-                return
+    def _schedule_renewal(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._renew_timer = loop.call_later(self._ttl_ms / 3000, self._renewal_due)
+
+    def _renewal_due(self) -> None:
+        self._renew_timer = None
+        if self._held:
+            self._renewer = asyncio.create_task(self._renew(), name=f"renew {self._key}")
+
+    async def _renew(self) -> None:
+        try:
+            renewed = await self._renew_script(keys=[self._key], args=[self._token, self._ttl_ms])
+        except RedisError as exc:
+            # Try again next tick; a Redis away for longer than the ttl loses the lock.
+            log.warning("lock_renew_failed", key=self._key, exc_type=type(exc).__name__)
+            renewed = True
+        if not renewed:
+            self.lost = True
+            log.warning("lock_lost", key=self._key)
+            return
+        if self._held and self._renewer is asyncio.current_task():
+            self._renewer = None
+            self._schedule_renewal()
 
     async def __aenter__(self) -> None:
         await self.acquire()
