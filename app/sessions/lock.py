@@ -21,7 +21,7 @@ import contextlib
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import redis.asyncio as aioredis
@@ -31,6 +31,9 @@ from redis.exceptions import RedisError
 from app.errors import ConflictError
 
 log = structlog.get_logger(__name__)
+
+# One try at the lock: (token, ttl in ms) → whether it is held now (see `RedisLock.acquire`).
+Attempt = Callable[[str, int], Awaitable[bool]]
 
 # Taking a lock we already hold succeeds too: a command retried after a lost reply must not
 # find its own lock and wait for it.
@@ -109,8 +112,13 @@ class RedisLock:
         self._renew_script = redis.register_script(_RENEW)
         self.lost = False
 
-    async def acquire(self) -> None:
+    async def acquire(self, attempt: Attempt | None = None) -> None:
         """Take the lock, waiting up to `wait` seconds; `ConflictError` if it stays held.
+
+        `attempt(token, ttl_ms)`, when given, makes each try instead of the plain acquire script:
+        a script that takes the lock exactly as `_ACQUIRE` does (same token, same expiry) and
+        does more in the same round trip (a session's turn reads the session with it); it
+        returns whether the lock is now held.
 
         A `RedisError` propagates; the attempt may still have taken the lock, so it is released
         in the background once Redis answers.
@@ -121,9 +129,12 @@ class RedisLock:
         pause = _POLL
         while True:
             try:
-                taken = await self._acquire_script(
-                    keys=[self._key], args=[self._token, self._ttl_ms]
-                )
+                if attempt is None:
+                    taken = await self._acquire_script(
+                        keys=[self._key], args=[self._token, self._ttl_ms]
+                    )
+                else:
+                    taken = await attempt(self._token, self._ttl_ms)
             except RedisError as exc:
                 log.warning("lock_acquire_failed", key=self._key, exc_type=type(exc).__name__)
                 self._release_later(self._token)

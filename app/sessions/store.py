@@ -60,6 +60,18 @@ end
 return {'ok', info, count}
 """
 
+# A turn's start: the turn lock taken as lock.py's acquire script takes it, then the session
+# read as `_READ` reads it (with messages). KEYS = lock, then `_READ`'s four.
+_LOCK_READ = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'locked'} end
+end
+if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[3] then return {'missing'} end
+for i = 2, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+return {'ok', redis.call('HGETALL', KEYS[2]), redis.call('LLEN', KEYS[3]),
+        redis.call('LRANGE', KEYS[3], 0, -1)}
+"""
+
 _APPEND = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
 local version = tonumber(redis.call('HGET', KEYS[1], 'version'))
@@ -145,6 +157,8 @@ return redis.call('ZREVRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1)
 
 LIST_LIMIT_MAX = 100
 
+Messages = list[dict[str, Any]]
+
 IdPrefix = Literal["sess", "conv"]
 
 
@@ -193,6 +207,7 @@ class SessionStore:
         self.keys = Keys(self.settings.key_prefix)
         self._create = redis.register_script(_CREATE)
         self._read = redis.register_script(_READ)
+        self._lock_read = redis.register_script(_LOCK_READ)
         self._append = redis.register_script(_APPEND)
         self._delete = redis.register_script(_DELETE)
         self._set_metadata = redis.register_script(_SET_METADATA)
@@ -502,6 +517,39 @@ class SessionStore:
             "messages": messages,
         }
 
+    async def lock_and_load(
+        self, session_id: str, owner: str
+    ) -> tuple[RedisLock, SessionInfo, Messages]:
+        """`turn_lock` taken, then `load`, in one round trip per try: the held lock (release
+        it), the info and every message.
+
+        As with the two calls: the lock is taken before the owner check, so a stranger (or a
+        missing session) gets `NotFoundError` with the lock released; a lock that stays held
+        is a `ConflictError`.
+        """
+        if not SESSION_ID_RE.fullmatch(session_id):
+            raise _not_found(session_id)
+        lock = self._turn_lock(session_id)
+        keys = [self.keys.lock(session_id), *self._session_keys(session_id, owner)]
+        reply: list[Any] = []
+
+        async def attempt(token: str, ttl_ms: int) -> bool:
+            nonlocal reply
+            reply = await self._lock_read(
+                keys=keys, args=[token, ttl_ms, owner, self.settings.session_ttl_ms]
+            )
+            return _text(reply[0]) != "locked"
+
+        await lock.acquire(attempt)
+        try:
+            if _text(reply[0]) != "ok":
+                raise _not_found(session_id)
+            messages: Messages = [orjson.loads(raw) for raw in reply[3]]
+            return lock, _info(_pairs(reply[1]), int(reply[2])), messages
+        except BaseException:
+            await lock.release()
+            raise
+
     def turn_lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
         """Hold this for a whole turn (load → run → append_turn).
 
@@ -509,6 +557,9 @@ class SessionStore:
         is renewed while held and expires `turn_lock_ttl` seconds after a holder crashed; a
         release that Redis could not take (down, frozen) is repeated as soon as Redis is back.
         """
+        return self._turn_lock(session_id)
+
+    def _turn_lock(self, session_id: str) -> RedisLock:
         return RedisLock(
             self._redis,
             self.keys.lock(session_id),

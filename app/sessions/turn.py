@@ -92,8 +92,11 @@ class SessionTurn:
                     return self
             # Lock, then load (the load checks the owner: a stranger gets 404). Session ids
             # are unguessable, so locking before the owner check reveals nothing.
-            await self._stack.enter_async_context(self.sessions.turn_lock(self.session_id))
-            self.info, self.history = await self.sessions.load(self.session_id, self.owner)
+            # One round trip: `SessionStore.lock_and_load` (turn_lock, then load).
+            lock, self.info, self.history = await self.sessions.lock_and_load(
+                self.session_id, self.owner
+            )
+            self._stack.push_async_callback(lock.release)
         except BaseException:
             await self._leave()
             raise
