@@ -170,6 +170,22 @@ class RedisLock:
             log.warning("lock_release_failed", key=self._key, exc_type=type(exc).__name__)
             self._release_later(self._token)
 
+    @property
+    def token(self) -> str | None:
+        """This holder's token while the lock is held: for a script that releases the lock
+        (as `_RELEASE` does) in the same step as a write; then call `released()`."""
+        return self._token if self._held else None
+
+    def released(self) -> None:
+        """A script given `token` released the lock: renewals stop, `release()` does nothing
+        more than wait for a renewal in flight."""
+        self._held = False
+        timer, self._renew_timer = self._renew_timer, None
+        if timer is not None:
+            timer.cancel()
+        if self._renewer is not None:
+            self._renewer.cancel()
+
     def _release_later(self, token: str) -> None:
         """Release `token`'s hold in a background task until Redis answers (see the module
         docstring). A later acquire uses a new token, so this never frees that one's hold."""
@@ -210,6 +226,8 @@ class RedisLock:
             log.warning("lock_renew_failed", key=self._key, exc_type=type(exc).__name__)
             renewed = True
         if not renewed:
+            if not self._held:
+                return  # released meanwhile (`released`), not lost
             self.lost = True
             log.warning("lock_lost", key=self._key)
             return

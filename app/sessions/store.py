@@ -72,18 +72,24 @@ return {'ok', redis.call('HGETALL', KEYS[2]), redis.call('LLEN', KEYS[3]),
         redis.call('LRANGE', KEYS[3], 0, -1)}
 """
 
+# KEYS[5] is the session's turn lock and ARGV[10] a holder's token or '': a committed append
+# releases the lock if that token holds it (lock.py's release), in the same step.
 _APPEND = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
 local version = tonumber(redis.call('HGET', KEYS[1], 'version'))
 local expected = tonumber(ARGV[2])
+local function release()
+  if ARGV[10] ~= '' and redis.call('GET', KEYS[5]) == ARGV[10] then redis.call('DEL', KEYS[5]) end
+end
 if version ~= expected then
   if version == expected + 1 and redis.call('HGET', KEYS[1], 'last_write') == ARGV[6] then
     -- this very turn, committed already: a client retry after a lost reply
+    release()
     return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
   end
   return {'conflict', version}
 end
-for i = 10, #ARGV, 100 do
+for i = 11, #ARGV, 100 do
   redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 99, #ARGV)))
 end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
@@ -92,6 +98,7 @@ if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'title', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'options', ARGV[9]) end
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[5])
+release()
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
 """
 
@@ -327,6 +334,7 @@ class SessionStore:
         title: str | None = None,
         options: SessionOptions | None = None,
         turn_id: str | None = None,
+        release: RedisLock | None = None,
     ) -> SessionInfo:
         """Append one turn's messages atomically: all of them or none.
 
@@ -337,12 +345,16 @@ class SessionStore:
         A call repeated with the same `turn_id` right after it committed (a retry after a lost
         reply) returns the session as it is instead of a conflict, and appends nothing. Without
         one, a random id covers the client library's own retries of this call.
+
+        `release`, this session's held turn lock, is released by the same step when the turn
+        commits (one round trip, not two); otherwise it stays held.
         """
         if not SESSION_ID_RE.fullmatch(session_id):
             raise _not_found(session_id)
         now = time.time()
+        token = release.token if release is not None else None
         reply: list[Any] = await self._append(
-            keys=self._session_keys(session_id, owner),
+            keys=[*self._session_keys(session_id, owner), self.keys.lock(session_id)],
             args=[
                 owner,
                 expected_version,
@@ -353,6 +365,7 @@ class SessionStore:
                 "1" if title is not None else "0",
                 title or "",
                 options.model_dump_json() if options is not None else "",
+                token or "",
                 *(orjson.dumps(message) for message in messages),
             ],
         )
@@ -365,6 +378,8 @@ class SessionStore:
                 f"expected {expected_version}); reload it and retry",
                 code="session_version_conflict",
             )
+        if release is not None and token is not None:
+            release.released()
         return _info(_pairs(reply[1]), int(reply[2]))
 
     async def set_metadata(

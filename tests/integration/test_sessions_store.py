@@ -247,6 +247,30 @@ async def test_lock_and_load_holds_the_turn_lock_and_reads_in_one_step(
         await store.lock_and_load("sess_" + "0" * 24, OWNER)
 
 
+async def test_a_committed_append_releases_the_turn_lock_in_the_same_step(
+    client: aioredis.Redis,
+) -> None:
+    store = SessionStore(client, SessionSettings(turn_lock_wait=0.0))
+    session = await store.create(OWNER)
+    lock, info, _ = await store.lock_and_load(session.id, OWNER)
+    with pytest.raises(ConflictError):  # a conflict commits nothing and keeps the lock
+        await store.append_turn(
+            session.id, OWNER, [{"role": "user", "content": "x"}], expected_version=7, release=lock
+        )
+    assert await client.exists(store.keys.lock(session.id)) == 1
+    assert lock.token is not None
+    await store.append_turn(
+        session.id, OWNER, [{"role": "user", "content": "hi"}], expected_version=0, release=lock
+    )
+    assert await client.exists(store.keys.lock(session.id)) == 0
+    assert lock.token is None
+    await lock.release()  # nothing left to do
+    # the next turn gets in at once
+    second, info, messages = await store.lock_and_load(session.id, OWNER)
+    assert info.version == 1 and messages == [{"role": "user", "content": "hi"}]
+    await second.release()
+
+
 async def test_a_waiting_acquire_gives_up_when_its_wait_is_over_by_its_clock(
     client: aioredis.Redis,
 ) -> None:
