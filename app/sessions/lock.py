@@ -73,6 +73,18 @@ _CLEANUP_EXTRA = 60.0
 _cleanups: set[asyncio.Task[None]] = set()
 
 
+class LockScripts:
+    """The lock's three scripts registered on one client: built once by a caller that makes
+    many locks (one per session turn), instead of once per lock."""
+
+    __slots__ = ("acquire", "release", "renew")
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.acquire = redis.register_script(_ACQUIRE)
+        self.release = redis.register_script(_RELEASE)
+        self.renew = redis.register_script(_RENEW)
+
+
 class RedisLock:
     """An async context manager holding `key` for its body.
 
@@ -95,6 +107,7 @@ class RedisLock:
         message: str,
         code: str = "conflict",
         clock: Callable[[], float] = time.monotonic,
+        scripts: LockScripts | None = None,
     ) -> None:
         self._redis = redis
         self._clock = clock
@@ -107,9 +120,10 @@ class RedisLock:
         self._renewer: asyncio.Task[None] | None = None
         self._renew_timer: asyncio.TimerHandle | None = None
         self._held = False
-        self._acquire_script = redis.register_script(_ACQUIRE)
-        self._release_script = redis.register_script(_RELEASE)
-        self._renew_script = redis.register_script(_RENEW)
+        scripts = scripts or LockScripts(redis)
+        self._acquire_script = scripts.acquire
+        self._release_script = scripts.release
+        self._renew_script = scripts.renew
         self.lost = False
 
     async def acquire(self, attempt: Attempt | None = None) -> None:

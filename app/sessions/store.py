@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from app.errors import ConflictError, NotFoundError, UnprocessableError
 from app.sessions.config import SessionSettings
 from app.sessions.keys import SESSION_ID_RE, Keys
-from app.sessions.lock import RedisLock
+from app.sessions.lock import LockScripts, RedisLock
 from app.sessions.models import SessionInfo, SessionOptions
 
 # Lua scripts. Every one takes KEYS = info, messages, idempotency links, owner index.
@@ -215,6 +215,7 @@ class SessionStore:
         self._create = redis.register_script(_CREATE)
         self._read = redis.register_script(_READ)
         self._lock_read = redis.register_script(_LOCK_READ)
+        self._lock_scripts = LockScripts(redis)
         self._append = redis.register_script(_APPEND)
         self._delete = redis.register_script(_DELETE)
         self._set_metadata = redis.register_script(_SET_METADATA)
@@ -582,4 +583,5 @@ class SessionStore:
             wait=self.settings.turn_lock_wait,
             message=("another turn is running on this session; retry when it has finished"),
             code="session_busy",
+            scripts=self._lock_scripts,
         )
