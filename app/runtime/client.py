@@ -218,15 +218,17 @@ class SGLangClient:
         try:
             response = await self._http().post(url, data=body, headers=headers)
             content = b"" if stream and response.status == 200 else await response.read()
-        except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
-            raise _Retryable(self._unavailable("is not reachable")) from exc
-        except aiohttp.ServerTimeoutError as exc:
-            raise UpstreamTimeoutError("the runtime did not answer in time") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            # Nothing was handed on yet: a connection that broke is worth another attempt.
-            if response is not None:
+        except BaseException as exc:
+            if response is not None:  # a body cut or timed out: its connection is not reused
                 response.close()
-            raise _Retryable(self._unavailable("closed the connection")) from exc
+            if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
+                raise _Retryable(self._unavailable("is not reachable")) from exc
+            if isinstance(exc, aiohttp.ServerTimeoutError):
+                raise UpstreamTimeoutError("the runtime did not answer in time") from exc
+            if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+                # Nothing was handed on yet: a connection that broke is worth another attempt.
+                raise _Retryable(self._unavailable("closed the connection")) from exc
+            raise
         return response, content
 
     @asynccontextmanager
