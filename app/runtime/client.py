@@ -335,25 +335,34 @@ class SGLangClient:
                         data = await content.readany()
                         if not data:
                             break
-                        for event in decoder.feed(data):
-                            if event is DONE:
-                                finished = True
-                                break
-                            chunk = chunk_from_event(event)  # type: ignore[arg-type]
-                            if chunk is None:
-                                continue
-                            chunk.rid = rid
-                            if pending is None:
-                                pending = chunk
-                            elif chunk.usage is not None:
-                                # The usage-only chunk follows the finish chunk: merge them.
-                                pending.usage = chunk.usage
-                            elif _coalesce(pending, chunk):
-                                pass
-                            else:
+                        try:
+                            for event in decoder.feed(data):
+                                if event is DONE:
+                                    finished = True
+                                    break
+                                chunk = chunk_from_event(event)  # type: ignore[arg-type]
+                                if chunk is None:
+                                    continue
+                                chunk.rid = rid
+                                if pending is None:
+                                    pending = chunk
+                                elif chunk.usage is not None:
+                                    # The usage-only chunk follows the finish chunk: merge them.
+                                    pending.usage = chunk.usage
+                                elif _coalesce(pending, chunk):
+                                    pass
+                                else:
+                                    handed_on = True
+                                    yield pending
+                                    pending = chunk
+                        except (StreamProtocolError, StreamErrorEvent):
+                            # What came before a bad or error event in this read was received
+                            # whole: hand it on first (the answer is then under way, and the
+                            # stream is not retried), as when it came in reads of its own.
+                            if pending is not None:
                                 handed_on = True
                                 yield pending
-                                pending = chunk
+                            raise
                         if finished:
                             break
                         # Hand on what this read brought (never wait for more text), but hold
