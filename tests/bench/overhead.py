@@ -11,7 +11,9 @@ with a session (Redis read + write per turn). Reported:
   counters (/proc/<pid>/stat, user + system): turns back to back (`turn_c1`, `turn_c16`) and
   turns that each arrive after an idle gap of 5–40 ms (`idle_c1`, `idle_c16`: timers, pool and
   connection state that go cold between turns); chunks at zero latency (`stream`) and paced by
-  the simulator 1 ms apart (`paced`, one token per chunk, as a real runtime sends them);
+  the simulator 1 ms apart (`paced`, one token per chunk, as a real runtime sends them), per
+  relayed chunk and per token (at zero latency several tokens arrive in one read and leave as
+  one chunk);
 - the turn overhead at a 200-message history relative to a 2-message history;
 - `streams_c16`: 16 concurrent streamed turns of 256 tokens at ~100 tokens/s each (10 ms per
   token), through cascade and direct to the simulator with the exact body cascade sent (a fresh
@@ -260,8 +262,10 @@ async def bench(sim_url: str, cascade_url: str, pid: int) -> dict[str, Any]:
 
         turn_cpu = results["turn_c1"]["cpu_ms_per_turn"] / 1e3
 
-        async def measure_stream(text: str, n: int) -> dict[str, float]:
-            """`n` streamed session turns at concurrency 1, through and direct."""
+        async def measure_stream(text: str, n: int, tokens: int) -> dict[str, float]:
+            """`n` streamed session turns of `tokens` tokens at concurrency 1, through and
+            direct. Events that reach cascade in one network read are relayed as one chunk, so
+            the CPU is given per relayed chunk and per token (the runtime's events)."""
             sessions = await sessions_of(2, n + 1)
             _, history = await new_session(2)
             await through_call(sessions[-1], text, True)
@@ -283,11 +287,14 @@ async def bench(sim_url: str, cascade_url: str, pid: int) -> dict[str, Any]:
                 "added_ms_p99": round(percentile(added_s, 0.99) * 1e3, 3),
                 "cpu_ms_per_turn": round(cpu_stream / n * 1e3, 3),
                 "cpu_us_per_chunk": round(max(0.0, cpu_stream - n * turn_cpu) / chunks * 1e6, 2),
+                "cpu_us_per_token": round(
+                    max(0.0, cpu_stream - n * turn_cpu) / (n * tokens) * 1e6, 2
+                ),
             }
 
         # --- streamed turns of ~500 chunks at zero latency, then paced 1 ms per token
-        results["stream"] = await measure_stream("stream please", 20)
-        results["paced"] = await measure_stream("paced please", 20)
+        results["stream"] = await measure_stream("stream please", 20, STREAM_WORDS)
+        results["paced"] = await measure_stream("paced please", 20, PACED_WORDS)
 
         # --- 16 concurrent streams at ~100 tokens/s each, through vs direct
         results["streams_c16"] = await measure_streams(direct, through, STREAMS, STREAMS_ROUNDS)
