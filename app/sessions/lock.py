@@ -200,6 +200,11 @@ class RedisLock:
         if self._renewer is not None:
             self._renewer.cancel()
 
+    @property
+    def settled(self) -> bool:
+        """Not held and no renewal pending: `release()` has nothing to do."""
+        return not self._held and self._renewer is None and self._renew_timer is None
+
     def _release_later(self, token: str) -> None:
         """Release `token`'s hold in a background task until Redis answers (see the module
         docstring). A later acquire uses a new token, so this never frees that one's hold."""

@@ -116,6 +116,11 @@ class SessionTurn:
         await self._leave()
 
     async def _leave(self) -> None:
+        if self._key is None and (self._lock is None or self._lock.settled):
+            # Nothing held (the commit released the lock): no cleanup to shield. A lock taken
+            # by `__aenter__` is `self._lock`, the only thing the stack holds.
+            self._stack.pop_all()
+            return
         # Shielded: a turn left because its task was cancelled (a client that went away) must
         # still release what it holds, and a cancelled scope would cancel every await here.
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
