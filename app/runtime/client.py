@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import orjson
 import structlog
+import yarl
 
 from app.config import Settings
 from app.errors import (
@@ -132,7 +133,8 @@ class SGLangClient:
             sock_read=settings.runtime_read_timeout,
         )
         self._session: aiohttp.ClientSession | None = None
-        self._chat_url = settings.runtime_base + "/v1/chat/completions"
+        # Parsed once: aiohttp would parse a string URL on every call.
+        self._chat_url = yarl.URL(settings.runtime_base + "/v1/chat/completions")
         self._model: str | None = settings.model
         self._context_length: int | None = None
 
@@ -211,7 +213,7 @@ class SGLangClient:
         await asyncio.sleep(delay)
 
     async def _send(
-        self, url: str, headers: dict[str, str] | None, body: bytes, *, stream: bool
+        self, url: yarl.URL, headers: dict[str, str] | None, body: bytes, *, stream: bool
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         """POST `body`; the response (its body read unless it is a 200 stream) and that body."""
         response: aiohttp.ClientResponse | None = None
@@ -243,7 +245,9 @@ class SGLangClient:
         """
         headers = {"x-smg-routing-key": routing_key} if routing_key else None
         url = (
-            self._chat_url if path == "/v1/chat/completions" else self.settings.runtime_base + path
+            self._chat_url
+            if path == "/v1/chat/completions"
+            else yarl.URL(self.settings.runtime_base + path)
         )
         response, body = await self._send(url, headers, orjson.dumps(payload), stream=stream)
         for _ in range(2):
