@@ -55,7 +55,7 @@ PACED_TPOT = 0.001
 STREAMS = 16
 STREAMS_TOKENS = 256
 STREAMS_TPOT = 0.01
-STREAMS_ROUNDS = 3
+STREAMS_ROUNDS = 5
 IDLE_GAP_S = (0.005, 0.040)
 
 TARGETS = {
@@ -342,6 +342,7 @@ async def measure_streams(
 
     totals: dict[str, list[float]] = {"direct_tps": [], "through_tps": []}
     ttfts: dict[str, list[float]] = {"direct": [], "through": []}
+    round_ttft: dict[str, list[float]] = {"direct": [], "through": []}
     for r in range(rounds):
         for side in ("direct", "through"):
             start = time.perf_counter()
@@ -358,21 +359,26 @@ async def measure_streams(
             wall = time.perf_counter() - start
             totals[f"{side}_tps"].append(sum(words for _, _, words in out) / wall)
             ttfts[side].extend(first for first, _, _ in out)
+            round_ttft[side].append(statistics.median(first for first, _, _ in out))
     direct_tps = statistics.mean(totals["direct_tps"])
     through_tps = statistics.mean(totals["through_tps"])
     ttft_direct = statistics.median(ttfts["direct"])
     ttft_through = statistics.median(ttfts["through"])
     ratios = [t / d for t, d in zip(totals["through_tps"], totals["direct_tps"], strict=True)]
+    # Per round (each through round right after its direct one): the spread on a shared machine.
+    added = [t - d for t, d in zip(round_ttft["through"], round_ttft["direct"], strict=True)]
     return {
         "tokens_per_stream": STREAMS_TOKENS,
         "direct_tokens_per_s": round(direct_tps, 1),
         "through_tokens_per_s": round(through_tps, 1),
         "tokens_per_s_ratio": round(through_tps / direct_tps, 4),
         "tokens_per_s_ratio_min": round(min(ratios), 4),
+        "tokens_per_s_ratio_rounds_median": round(statistics.median(ratios), 4),
         "ttft_direct_ms_p50": round(ttft_direct * 1e3, 3),
         "ttft_through_ms_p50": round(ttft_through * 1e3, 3),
         "ttft_ratio": round(ttft_through / ttft_direct, 3),
         "ttft_added_ms_p50": round((ttft_through - ttft_direct) * 1e3, 3),
+        "ttft_added_ms_rounds": [round(a * 1e3, 1) for a in added],
     }
 
 
