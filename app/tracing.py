@@ -113,12 +113,10 @@ def _detach(token: object) -> None:
     context.detach(token)  # type: ignore[arg-type]
 
 
-def inject(headers: list[tuple[bytes, bytes]]) -> None:
-    """Add the current span's `traceparent` (W3C trace context) to raw request headers."""
+def inject(headers: dict[str, str]) -> None:
+    """Add the current span's `traceparent` (W3C trace context) to a request's headers."""
     if _tracer is None:
         return
     from opentelemetry import propagate
 
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items())
+    propagate.inject(headers)

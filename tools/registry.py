@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import orjson
 import redis.asyncio
 import structlog
 from PIL import Image
@@ -194,7 +195,7 @@ class Tool:
         self.requires_confirmation = requires_confirmation
         self.needs: frozenset[Need] = frozenset(needs)
         self._fn = fn
-        self._schema_json: str | None = None
+        self._schema_json: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<Tool {self.name} ({self.side_effect})>"
@@ -203,8 +204,8 @@ class Tool:
         """The canonical JSON schema of the arguments (a fresh copy each call)."""
         if self._schema_json is None:
             schema = canonical_schema(self.args_model.model_json_schema(mode="validation"))
-            self._schema_json = json.dumps(schema)
-        result: dict[str, Any] = json.loads(self._schema_json)
+            self._schema_json = orjson.dumps(schema)
+        result: dict[str, Any] = orjson.loads(self._schema_json)
         return result
 
     def parse_arguments(self, data: dict[str, Any]) -> Any:

@@ -11,9 +11,14 @@ from app.api.auth import authenticate
 from app.services import Services
 
 
-def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+async def get_services(request: Request) -> Services:
+    """Async on purpose: FastAPI runs a plain `def` dependency in a worker thread per request."""
+    return services_of(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

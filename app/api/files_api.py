@@ -45,7 +45,7 @@ _ANCHOR, _SECONDS = "expires_after[anchor]", "expires_after[seconds]"
 _ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
-def get_file_store(services: ServicesDep) -> FileStore:
+async def get_file_store(services: ServicesDep) -> FileStore:
     """The process's `FileStore` (files need Redis)."""
     if services.files is None:
         raise CascadeError("files need Redis; set CASCADE_REDIS_URL", code="no_file_store")

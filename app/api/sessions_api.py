@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from app.api.auth import authenticate
-from app.api.deps import get_services
+from app.api.deps import services_of
 from app.api.responses import list_page
 from app.errors import CascadeError
 from app.sessions.models import SessionInfo
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1/sessions")
 
 
 def _store(request: Request) -> SessionStore:
-    store: SessionStore | None = get_services(request).sessions
+    store: SessionStore | None = services_of(request).sessions
     if store is None:
         raise CascadeError("sessions need Redis; set CASCADE_REDIS_URL", code="no_session_store")
     return store

@@ -8,8 +8,8 @@ stream's generator is closed, which is what aborts the runtime request and store
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TypeVar
+from collections.abc import AsyncGenerator, Awaitable
+from typing import Any, TypeVar
 
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
@@ -26,6 +26,30 @@ async def first_event(events: AsyncGenerator[T, None]) -> T:
         raise
 
 
+class _Prepended:
+    """`first`, then `events`' own items: each later item is `events.__anext__()` itself, so a
+    relayed chunk passes through no generator of this module."""
+
+    __slots__ = ("_events", "_first")
+
+    def __init__(self, first: bytes, events: AsyncGenerator[Any, None]) -> None:
+        self._first: bytes | None = first
+        self._events = events
+
+    def __aiter__(self) -> _Prepended:
+        return self
+
+    def __anext__(self) -> Awaitable[bytes]:
+        first, self._first = self._first, None
+        if first is not None:
+            return _now(first)
+        return self._events.__anext__()
+
+
+async def _now(item: bytes) -> bytes:
+    return item
+
+
 def event_stream(
     first: object,
     events: AsyncGenerator[object, None],
@@ -35,15 +59,9 @@ def event_stream(
     """`first`, then the rest of `events` (every item bytes: SSE events, or the lines of
     another `media_type` such as Ollama's `application/x-ndjson`)."""
 
-    async def body() -> AsyncIterator[bytes]:
-        assert isinstance(first, bytes)
-        yield first
-        async for chunk in events:
-            assert isinstance(chunk, bytes)
-            yield chunk
-
+    assert isinstance(first, bytes)
     return StreamingResponse(
-        body(),
+        _Prepended(first, events),
         media_type=media_type,
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         # On a disconnect the response ends early; this makes sure the generator is closed,

@@ -1,7 +1,8 @@
 """The SGLang HTTP client: the only code in cascade that talks to the runtime.
 
 Contracts:
-- One pooled `httpx.AsyncClient` per `SGLangClient`; `aclose()` releases it.
+- One pooled `aiohttp.ClientSession` per `SGLangClient` (opened on first use, inside the event
+  loop that uses it); `aclose()` releases it.
 - Retries (bounded, jittered exponential backoff) happen only on connection errors, 429 (after
   `Retry-After`) and 5xx, and only before any chunk was handed to the caller: a stream that breaks
   after its first chunk raises, it is never silently restarted (that would duplicate tokens).
@@ -13,6 +14,7 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
@@ -20,9 +22,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 import structlog
+import yarl
 
 from app import metrics, tracing
 from app.config import Settings
@@ -93,7 +96,17 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+# What a failed call to the runtime can raise below this module: aiohttp's errors, and a
+# timeout (a call's own `ClientTimeout`).
+_HTTP_ERRORS = (aiohttp.ClientError, TimeoutError)
+# Seconds an idle pooled connection is kept: below uvicorn's default keep-alive (5 s), which
+# SGLang's server uses, so a connection the server is about to close is not reused.
+_KEEPALIVE = 4.0
+# Seconds a finished stream waits for the end of its body before its connection is dropped.
+_DRAIN = 1.0
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
         return None
@@ -106,40 +119,53 @@ def _retry_after(response: httpx.Response) -> float | None:
 class SGLangClient:
     """Raw access to one SGLang runtime (or an SGLang router in front of several)."""
 
-    def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         headers = {"content-type": "application/json"}
         if settings.runtime_api_key is not None:
             headers["authorization"] = f"Bearer {settings.runtime_api_key.get_secret_value()}"
-        timeout = httpx.Timeout(
+        self._headers = headers
+        # Connect covers waiting for a pooled connection too; read is the longest silence
+        # between two reads (a stream that stops sending tokens).
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
             connect=settings.runtime_connect_timeout,
-            read=settings.runtime_read_timeout,
-            write=settings.runtime_read_timeout,
-            pool=settings.runtime_connect_timeout,
+            sock_connect=settings.runtime_connect_timeout,
+            sock_read=settings.runtime_read_timeout,
         )
-        # One pool: generation calls go straight to the transport (no per-call URL/header
-        # merging, auth or redirect machinery: that was most of cascade's CPU per turn); the
-        # client on the same transport serves the occasional small calls.
-        self._transport = transport or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(
-                max_connections=settings.runtime_max_connections,
-                max_keepalive_connections=settings.runtime_max_connections,
-            ),
-        )
-        self._http = httpx.AsyncClient(
-            base_url=settings.runtime_base,
-            headers=headers,
-            timeout=timeout,
-            transport=self._transport,
-        )
-        self._headers = [(k.encode(), v.encode()) for k, v in headers.items()]
-        self._timeout_ext = timeout.as_dict()
-        self._chat_url = httpx.URL(settings.runtime_base + "/v1/chat/completions")
+        self._session: aiohttp.ClientSession | None = None
+        # Parsed once: aiohttp would parse a string URL on every call.
+        self._chat_url = yarl.URL(settings.runtime_base + "/v1/chat/completions")
         self._model: str | None = settings.model
         self._context_length: int | None = None
 
+    def _http(self) -> aiohttp.ClientSession:
+        """The pooled session, opened on first use (aiohttp binds it to the running loop)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.settings.runtime_max_connections,
+                    limit_per_host=0,
+                    keepalive_timeout=_KEEPALIVE,
+                ),
+                headers=self._headers,
+                timeout=self._timeout,
+                # Bodies are bytes cascade encodes itself (orjson); nothing else is needed.
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
     async def aclose(self) -> None:
-        await self._http.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def _get(self, path: str, *, seconds: float) -> tuple[aiohttp.ClientResponse, bytes]:
+        """One GET of a small body; raises one of `_HTTP_ERRORS` when nothing usable came."""
+        async with self._http().get(
+            self.settings.runtime_base + path, timeout=aiohttp.ClientTimeout(total=seconds)
+        ) as response:
+            return response, await response.read()
 
     # ------------------------------------------------------------------ helpers
 
@@ -150,8 +176,8 @@ class SGLangClient:
             retry_after=5,
         )
 
-    def _error_for_status(self, response: httpx.Response, body: bytes) -> CascadeError:
-        status = response.status_code
+    def _error_for_status(self, response: aiohttp.ClientResponse, body: bytes) -> CascadeError:
+        status = response.status
         log.warning(
             "runtime_error_response",
             status=status,
@@ -189,64 +215,71 @@ class SGLangClient:
         await asyncio.sleep(delay)
 
     async def _send(
-        self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes, *, stream: bool
-    ) -> httpx.Response:
-        request = httpx.Request(
-            "POST", url, headers=headers, content=body, extensions={"timeout": self._timeout_ext}
-        )
+        self, url: yarl.URL, headers: dict[str, str] | None, body: bytes, *, stream: bool
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        """POST `body`; the response (its body read unless it is a 200 stream) and that body."""
+        response: aiohttp.ClientResponse | None = None
         try:
-            response = await self._transport.handle_async_request(request)
-            if not stream or response.status_code != 200:
-                await response.aread()
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise _Retryable(self._unavailable("is not reachable")) from exc
-        except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:
-            # Nothing was handed on yet: a connection that broke is worth another attempt.
-            raise _Retryable(self._unavailable("closed the connection")) from exc
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError("the runtime did not answer in time") from exc
-        return response
+            response = await self._http().post(url, data=body, headers=headers)
+            content = b"" if stream and response.status == 200 else await response.read()
+        except BaseException as exc:
+            if response is not None:  # a body cut or timed out: its connection is not reused
+                response.close()
+            if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
+                raise _Retryable(self._unavailable("is not reachable")) from exc
+            if isinstance(exc, aiohttp.ServerTimeoutError):
+                raise UpstreamTimeoutError("the runtime did not answer in time") from exc
+            if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+                # Nothing was handed on yet: a connection that broke is worth another attempt.
+                raise _Retryable(self._unavailable("closed the connection")) from exc
+            raise
+        return response, content
 
     @asynccontextmanager
     async def _open(
         self, path: str, payload: dict[str, Any], *, stream: bool, routing_key: str | None = None
-    ) -> AsyncIterator[httpx.Response]:
-        """One POST attempt; yields a 200 response or raises (`_Retryable` when retrying helps).
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, bytes]]:
+        """One POST attempt; yields a 200 response with its body (empty when streamed: read
+        `response.content`) or raises (`_Retryable` when retrying helps).
 
         A request whose `max_tokens` does not fit the context window beside the prompt is sent
         again at once with the room the runtime reported (SGLang rejects it otherwise).
         """
-        headers = list(self._headers)
-        if routing_key:
-            headers.append((b"x-smg-routing-key", routing_key.encode()))
+        # The session's default headers (content type, key) are sent as well.
+        headers = {"x-smg-routing-key": routing_key} if routing_key else {}
         tracing.inject(headers)
         url = (
             self._chat_url
             if path == "/v1/chat/completions"
-            else httpx.URL(self.settings.runtime_base + path)
+            else yarl.URL(self.settings.runtime_base + path)
         )
-        response = await self._send(url, headers, orjson.dumps(payload), stream=stream)
+        response, body = await self._send(url, headers, orjson.dumps(payload), stream=stream)
         for _ in range(2):
-            if response.status_code != 400 or "max_completion_tokens" not in payload:
+            if response.status != 400 or "max_completion_tokens" not in payload:
                 break
-            room = context_room(response.content, payload["max_completion_tokens"])
+            room = context_room(body, payload["max_completion_tokens"])
             if room is None:
                 break
-            await response.aclose()
+            response.release()
             if room < MIN_ANSWER_ROOM:
                 raise InvalidRequestError(CONTEXT_EXCEEDED, code="context_length_exceeded")
             log.info("max_tokens_fitted", asked=payload["max_completion_tokens"], fitted=room)
             payload = {**payload, "max_completion_tokens": room}
-            response = await self._send(url, headers, orjson.dumps(payload), stream=stream)
+            response, body = await self._send(url, headers, orjson.dumps(payload), stream=stream)
         try:
-            if response.status_code != 200:
-                error = self._error_for_status(response, response.content)
-                if response.status_code in _RETRY_STATUSES:
+            if response.status != 200:
+                error = self._error_for_status(response, body)
+                if response.status in _RETRY_STATUSES:
                     raise _Retryable(error, _retry_after(response))
                 raise error
-            yield response
+            yield response, body
         finally:
-            await response.aclose()
+            # A stream left before its end closes the connection (SGLang aborts on disconnect);
+            # a body read to its end gives the connection back to the pool.
+            if response.content.is_eof():
+                response.release()
+            else:
+                response.close()
 
     # --------------------------------------------------------------- public API
 
@@ -275,8 +308,8 @@ class SGLangClient:
                 async with asyncio.timeout(self.settings.runtime_total_timeout):
                     async with self._open(
                         "/v1/chat/completions", body, stream=False, routing_key=req.routing_key
-                    ) as response:
-                        data = orjson.loads(response.content)
+                    ) as (_, content):
+                        data = orjson.loads(content)
                 return _completion_from_body(data, rid=rid, model=model)
             except _Retryable as retry:
                 if attempt + 1 >= attempts:
@@ -305,31 +338,44 @@ class SGLangClient:
             try:
                 async with self._open(
                     "/v1/chat/completions", body, stream=True, routing_key=req.routing_key
-                ) as response:
+                ) as (response, _):
                     decoder = SSEDecoder()
                     pending: Chunk | None = None
                     finished = False
-                    # The raw byte stream: httpx's decoder layers add nothing for SSE over JSON.
-                    async for data in response.stream:  # type: ignore[union-attr]
-                        for event in decoder.feed(data):
-                            if event is DONE:
-                                finished = True
-                                break
-                            chunk = chunk_from_event(event)  # type: ignore[arg-type]
-                            if chunk is None:
-                                continue
-                            chunk.rid = rid
-                            if pending is None:
-                                pending = chunk
-                            elif chunk.usage is not None:
-                                # The usage-only chunk follows the finish chunk: merge them.
-                                pending.usage = chunk.usage
-                            elif _coalesce(pending, chunk):
-                                pass
-                            else:
+                    content = response.content
+                    while True:
+                        # Whatever the connection has now, without waiting for more.
+                        data = await content.readany()
+                        if not data:
+                            break
+                        try:
+                            for event in decoder.feed(data):
+                                if event is DONE:
+                                    finished = True
+                                    break
+                                chunk = chunk_from_event(event)  # type: ignore[arg-type]
+                                if chunk is None:
+                                    continue
+                                chunk.rid = rid
+                                if pending is None:
+                                    pending = chunk
+                                elif chunk.usage is not None:
+                                    # The usage-only chunk follows the finish chunk: merge them.
+                                    pending.usage = chunk.usage
+                                elif _coalesce(pending, chunk):
+                                    pass
+                                else:
+                                    handed_on = True
+                                    yield pending
+                                    pending = chunk
+                        except (StreamProtocolError, StreamErrorEvent):
+                            # What came before a bad or error event in this read was received
+                            # whole: hand it on first (the answer is then under way, and the
+                            # stream is not retried), as when it came in reads of its own.
+                            if pending is not None:
                                 handed_on = True
                                 yield pending
-                                pending = chunk
+                            raise
                         if finished:
                             break
                         # Hand on what this read brought (never wait for more text), but hold
@@ -347,6 +393,12 @@ class SGLangClient:
                             pending.finish_reason = "stop"
                         handed_on = True
                         yield pending
+                    if not content.is_eof():
+                        # The body's last (empty) chunk can come in a read of its own after
+                        # `[DONE]`: take it, so the connection goes back to the pool.
+                        with contextlib.suppress(*_HTTP_ERRORS):
+                            async with asyncio.timeout(_DRAIN):
+                                await content.read()
                     return
             except _Retryable as retry:
                 error: CascadeError = retry.error
@@ -374,12 +426,12 @@ class SGLangClient:
                 raise UpstreamError(
                     "the runtime reported an error during generation", code="runtime_error"
                 ) from None
-            except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
+            except aiohttp.ServerTimeoutError as exc:
+                raise UpstreamTimeoutError("the runtime stopped sending tokens") from exc
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 if handed_on or attempt + 1 >= attempts:
                     raise _mid_stream(self._unavailable("closed the stream"), handed_on) from exc
                 await self._backoff(attempt, None, "stream_closed")
-            except httpx.ReadTimeout as exc:
-                raise UpstreamTimeoutError("the runtime stopped sending tokens") from exc
 
     async def abort(self, rid: str) -> bool:
         """Ask the runtime to abort `rid` (SGLang matches by prefix; our rids are prefix-free).
@@ -387,13 +439,16 @@ class SGLangClient:
         Best effort and quick: returns False when the runtime could not be told.
         """
         try:
-            response = await self._http.post(
-                "/abort_request", json={"rid": rid, "abort_all": False}, timeout=5.0
-            )
-        except httpx.HTTPError:
+            async with self._http().post(
+                self.settings.runtime_base + "/abort_request",
+                data=orjson.dumps({"rid": rid, "abort_all": False}),
+                timeout=aiohttp.ClientTimeout(total=5.0),
+            ) as response:
+                await response.read()
+        except _HTTP_ERRORS:
             log.warning("runtime_abort_failed", rid=rid)
             return False
-        return response.status_code == 200
+        return response.status == 200
 
     async def health(self) -> RuntimeHealth:
         """Reachability (`/model_info`) and health (`/health`); never raises.
@@ -404,22 +459,22 @@ class SGLangClient:
         name), else `model_path` (what SGLang serves under when no name was given).
         """
         try:
-            info = await self._http.get("/model_info", timeout=3.0)
-        except httpx.HTTPError:
+            info, info_body = await self._get("/model_info", seconds=3.0)
+        except _HTTP_ERRORS:
             return RuntimeHealth(reachable=False, healthy=False, detail="not reachable")
-        if info.status_code != 200:
+        if info.status != 200:
             return RuntimeHealth(
-                reachable=True, healthy=False, detail=f"/model_info answered {info.status_code}"
+                reachable=True, healthy=False, detail=f"/model_info answered {info.status}"
             )
         try:
-            data = orjson.loads(info.content)
+            data = orjson.loads(info_body)
         except orjson.JSONDecodeError:
             data = {}
         healthy = False
         try:
-            health = await self._http.get("/health", timeout=3.0)
-            healthy = health.status_code == 200
-        except httpx.HTTPError:
+            health, _ = await self._get("/health", seconds=3.0)
+            healthy = health.status == 200
+        except _HTTP_ERRORS:
             healthy = False
         model = data.get("served_model_name") or await self._first_model_id()
         return RuntimeHealth(
@@ -440,21 +495,24 @@ class SGLangClient:
         no retries and no body building. (status, body), or None when nothing answered."""
         try:
             if payload is None:
-                response = await self._http.get(path, timeout=call_timeout)
+                response, body = await self._get(path, seconds=call_timeout)
             else:
-                response = await self._http.post(
-                    path, content=orjson.dumps(payload), timeout=call_timeout
-                )
-        except httpx.HTTPError:
+                async with self._http().post(
+                    self.settings.runtime_base + path,
+                    data=orjson.dumps(payload),
+                    timeout=aiohttp.ClientTimeout(total=call_timeout),
+                ) as response:
+                    body = await response.read()
+        except _HTTP_ERRORS:
             return None
-        return response.status_code, response.content
+        return response.status, body
 
     async def _first_model_id(self) -> str | None:
         """The first model id `/v1/models` lists, or None when it cannot be read now."""
         try:
-            response = await self._http.get("/v1/models", timeout=3.0)
-            data = orjson.loads(response.content) if response.status_code == 200 else None
-        except (httpx.HTTPError, orjson.JSONDecodeError):
+            response, body = await self._get("/v1/models", seconds=3.0)
+            data = orjson.loads(body) if response.status == 200 else None
+        except (*_HTTP_ERRORS, orjson.JSONDecodeError):
             return None
         models = data.get("data") if isinstance(data, dict) else None
         first = models[0] if isinstance(models, list) and models else None
@@ -474,13 +532,13 @@ class SGLangClient:
     async def server_info(self) -> dict[str, Any] | None:
         """The runtime's `/server_info` (its launch settings), or None when unreadable now."""
         try:
-            response = await self._http.get("/server_info", timeout=5.0)
-        except httpx.HTTPError:
+            response, body = await self._get("/server_info", seconds=5.0)
+        except _HTTP_ERRORS:
             return None
-        if response.status_code != 200:
+        if response.status != 200:
             return None
         try:
-            data = orjson.loads(response.content)
+            data = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
         return data if isinstance(data, dict) else None
@@ -489,22 +547,22 @@ class SGLangClient:
         """The gauges of the runtime's `/metrics` (`app.runtime.metrics`), or None when it
         cannot be read now (not reachable, not 200, metrics not enabled). Never raises."""
         try:
-            response = await self._http.get("/metrics", timeout=3.0)
-        except httpx.HTTPError:
+            response, body = await self._get("/metrics", seconds=3.0)
+        except _HTTP_ERRORS:
             return None
-        if response.status_code != 200:
+        if response.status != 200:
             return None
-        return parse_metrics(response.content.decode("utf-8", "replace"))
+        return parse_metrics(body.decode("utf-8", "replace"))
 
     async def list_models(self) -> dict[str, Any]:
         """The runtime's `/v1/models` body."""
         try:
-            response = await self._http.get("/v1/models", timeout=5.0)
-        except httpx.HTTPError:
+            response, body = await self._get("/v1/models", seconds=5.0)
+        except _HTTP_ERRORS:
             raise self._unavailable("is not reachable") from None
-        if response.status_code != 200:
-            raise self._error_for_status(response, response.content)
-        data: dict[str, Any] = orjson.loads(response.content)
+        if response.status != 200:
+            raise self._error_for_status(response, body)
+        data: dict[str, Any] = orjson.loads(body)
         return data
 
 

@@ -21,7 +21,7 @@ import contextlib
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import redis.asyncio as aioredis
@@ -31,6 +31,9 @@ from redis.exceptions import RedisError
 from app.errors import ConflictError
 
 log = structlog.get_logger(__name__)
+
+# One try at the lock: (token, ttl in ms) → whether it is held now (see `RedisLock.acquire`).
+Attempt = Callable[[str, int], Awaitable[bool]]
 
 # Taking a lock we already hold succeeds too: a command retried after a lost reply must not
 # find its own lock and wait for it.
@@ -70,11 +73,24 @@ _CLEANUP_EXTRA = 60.0
 _cleanups: set[asyncio.Task[None]] = set()
 
 
+class LockScripts:
+    """The lock's three scripts registered on one client: built once by a caller that makes
+    many locks (one per session turn), instead of once per lock."""
+
+    __slots__ = ("acquire", "release", "renew")
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.acquire = redis.register_script(_ACQUIRE)
+        self.release = redis.register_script(_RELEASE)
+        self.renew = redis.register_script(_RENEW)
+
+
 class RedisLock:
     """An async context manager holding `key` for its body.
 
-    Waits up to `wait` seconds for the lock, then raises `ConflictError(message)`. While held, a
-    background task owned by the context manager extends the expiry every `ttl / 3` seconds.
+    Waits up to `wait` seconds for the lock, then raises `ConflictError(message)`. While held, the
+    expiry is extended every `ttl / 3` seconds (a loop timer that starts a renewal task when it
+    is due: a short hold, the common case, costs no task at all).
     `lost` turns true if a renewal found the lock no longer ours (it expired and someone else
     took it); the body keeps running, and its writes stay safe through versioned appends.
     `clock` (monotonic seconds) times the wait and how long a background release keeps trying;
@@ -91,6 +107,7 @@ class RedisLock:
         message: str,
         code: str = "conflict",
         clock: Callable[[], float] = time.monotonic,
+        scripts: LockScripts | None = None,
     ) -> None:
         self._redis = redis
         self._clock = clock
@@ -101,14 +118,21 @@ class RedisLock:
         self._code = code
         self._token = secrets.token_hex(16)
         self._renewer: asyncio.Task[None] | None = None
+        self._renew_timer: asyncio.TimerHandle | None = None
         self._held = False
-        self._acquire_script = redis.register_script(_ACQUIRE)
-        self._release_script = redis.register_script(_RELEASE)
-        self._renew_script = redis.register_script(_RENEW)
+        scripts = scripts or LockScripts(redis)
+        self._acquire_script = scripts.acquire
+        self._release_script = scripts.release
+        self._renew_script = scripts.renew
         self.lost = False
 
-    async def acquire(self) -> None:
+    async def acquire(self, attempt: Attempt | None = None) -> None:
         """Take the lock, waiting up to `wait` seconds; `ConflictError` if it stays held.
+
+        `attempt(token, ttl_ms)`, when given, makes each try instead of the plain acquire script:
+        a script that takes the lock exactly as `_ACQUIRE` does (same token, same expiry) and
+        does more in the same round trip (a session's turn reads the session with it); it
+        returns whether the lock is now held.
 
         A `RedisError` propagates; the attempt may still have taken the lock, so it is released
         in the background once Redis answers.
@@ -119,9 +143,12 @@ class RedisLock:
         pause = _POLL
         while True:
             try:
-                taken = await self._acquire_script(
-                    keys=[self._key], args=[self._token, self._ttl_ms]
-                )
+                if attempt is None:
+                    taken = await self._acquire_script(
+                        keys=[self._key], args=[self._token, self._ttl_ms]
+                    )
+                else:
+                    taken = await attempt(self._token, self._ttl_ms)
             except RedisError as exc:
                 log.warning("lock_acquire_failed", key=self._key, exc_type=type(exc).__name__)
                 self._release_later(self._token)
@@ -135,11 +162,14 @@ class RedisLock:
             await asyncio.sleep(min(pause * random.uniform(0.8, 1.2), remaining))
             pause = min(pause * 1.5, _POLL_MAX)
         self.lost = False
-        self._renewer = asyncio.create_task(self._renew_forever(), name=f"renew {self._key}")
+        self._schedule_renewal()
 
     async def release(self) -> None:
         """Stop renewing and delete the lock if it is still ours. Never raises `RedisError`;
         without a successful `acquire` (a failed one cleans up on its own) it does nothing."""
+        timer, self._renew_timer = self._renew_timer, None
+        if timer is not None:
+            timer.cancel()
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
             renewer.cancel()
@@ -153,6 +183,27 @@ class RedisLock:
         except RedisError as exc:
             log.warning("lock_release_failed", key=self._key, exc_type=type(exc).__name__)
             self._release_later(self._token)
+
+    @property
+    def token(self) -> str | None:
+        """This holder's token while the lock is held: for a script that releases the lock
+        (as `_RELEASE` does) in the same step as a write; then call `released()`."""
+        return self._token if self._held else None
+
+    def released(self) -> None:
+        """A script given `token` released the lock: renewals stop, `release()` does nothing
+        more than wait for a renewal in flight."""
+        self._held = False
+        timer, self._renew_timer = self._renew_timer, None
+        if timer is not None:
+            timer.cancel()
+        if self._renewer is not None:
+            self._renewer.cancel()
+
+    @property
+    def settled(self) -> bool:
+        """Not held and no renewal pending: `release()` has nothing to do."""
+        return not self._held and self._renewer is None and self._renew_timer is None
 
     def _release_later(self, token: str) -> None:
         """Release `token`'s hold in a background task until Redis answers (see the module
@@ -177,22 +228,31 @@ class RedisLock:
         if answered:
             log.info("lock_released_late", key=self._key)
 
-    async def _renew_forever(self) -> None:
-        interval = self._ttl_ms / 3000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                renewed = await self._renew_script(
-                    keys=[self._key], args=[self._token, self._ttl_ms]
-                )
-            except RedisError as exc:
-                # Try again next tick; a Redis away for longer than the ttl loses the lock.
-                log.warning("lock_renew_failed", key=self._key, exc_type=type(exc).__name__)
-                continue
-            if not renewed:
-                self.lost = True
-                log.warning("lock_lost", key=self._key)
-                return
+    def _schedule_renewal(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._renew_timer = loop.call_later(self._ttl_ms / 3000, self._renewal_due)
+
+    def _renewal_due(self) -> None:
+        self._renew_timer = None
+        if self._held:
+            self._renewer = asyncio.create_task(self._renew(), name=f"renew {self._key}")
+
+    async def _renew(self) -> None:
+        try:
+            renewed = await self._renew_script(keys=[self._key], args=[self._token, self._ttl_ms])
+        except RedisError as exc:
+            # Try again next tick; a Redis away for longer than the ttl loses the lock.
+            log.warning("lock_renew_failed", key=self._key, exc_type=type(exc).__name__)
+            renewed = True
+        if not renewed:
+            if not self._held:
+                return  # released meanwhile (`released`), not lost
+            self.lost = True
+            log.warning("lock_lost", key=self._key)
+            return
+        if self._held and self._renewer is asyncio.current_task():
+            self._renewer = None
+            self._schedule_renewal()
 
     async def __aenter__(self) -> None:
         await self.acquire()

@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from app.errors import ConflictError, NotFoundError, UnprocessableError
 from app.sessions.config import SessionSettings
 from app.sessions.keys import SESSION_ID_RE, Keys
-from app.sessions.lock import RedisLock
+from app.sessions.lock import LockScripts, RedisLock
 from app.sessions.models import SessionInfo, SessionOptions
 
 # Lua scripts. Every one takes KEYS = info, messages, idempotency links (one session's slot).
@@ -68,18 +68,37 @@ end
 return {'ok', info, count}
 """
 
+# A turn's start: the turn lock taken as lock.py's acquire script takes it, then the session
+# read as `_READ` reads it (with messages). KEYS = lock, then `_READ`'s three (one slot: the
+# lock is named under the session's hash tag).
+_LOCK_READ = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'locked'} end
+end
+if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[3] then return {'missing'} end
+for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+return {'ok', redis.call('HGETALL', KEYS[2]), redis.call('LLEN', KEYS[3]),
+        redis.call('LRANGE', KEYS[3], 0, -1)}
+"""
+
+# KEYS[4] is the session's turn lock and ARGV[10] a holder's token or '': a committed append
+# releases the lock if that token holds it (lock.py's release), in the same step.
 _APPEND = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
 local version = tonumber(redis.call('HGET', KEYS[1], 'version'))
 local expected = tonumber(ARGV[2])
+local function release()
+  if ARGV[10] ~= '' and redis.call('GET', KEYS[4]) == ARGV[10] then redis.call('DEL', KEYS[4]) end
+end
 if version ~= expected then
   if version == expected + 1 and redis.call('HGET', KEYS[1], 'last_write') == ARGV[6] then
     -- this very turn, committed already: a client retry after a lost reply
+    release()
     return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
   end
   return {'conflict', version}
 end
-for i = 10, #ARGV, 100 do
+for i = 11, #ARGV, 100 do
   redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 99, #ARGV)))
 end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
@@ -87,6 +106,7 @@ redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], 'last_write', ARGV[6])
 if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'title', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'options', ARGV[9]) end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+release()
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
 """
 
@@ -150,6 +170,8 @@ return redis.call('ZREVRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1)
 
 LIST_LIMIT_MAX = 100
 
+Messages = list[dict[str, Any]]
+
 IdPrefix = Literal["sess", "conv"]
 
 
@@ -163,6 +185,8 @@ def _text(value: bytes | str) -> str:
 
 def _pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
     it = iter(flat)
+    if flat and isinstance(flat[0], bytes):  # a client without decode_responses (cascade's)
+        return {k.decode(): v.decode() for k, v in zip(it, it, strict=True)}  # type: ignore[union-attr]
     return {_text(k): _text(v) for k, v in zip(it, it, strict=True)}
 
 
@@ -198,6 +222,8 @@ class SessionStore:
         self.keys = Keys(self.settings.key_prefix)
         self._create = redis.register_script(_CREATE)
         self._read = redis.register_script(_READ)
+        self._lock_read = redis.register_script(_LOCK_READ)
+        self._lock_scripts = LockScripts(redis)
         self._append = redis.register_script(_APPEND)
         self._delete = redis.register_script(_DELETE)
         self._set_metadata = redis.register_script(_SET_METADATA)
@@ -329,6 +355,7 @@ class SessionStore:
         title: str | None = None,
         options: SessionOptions | None = None,
         turn_id: str | None = None,
+        release: RedisLock | None = None,
     ) -> SessionInfo:
         """Append one turn's messages atomically: all of them or none.
 
@@ -339,12 +366,16 @@ class SessionStore:
         A call repeated with the same `turn_id` right after it committed (a retry after a lost
         reply) returns the session as it is instead of a conflict, and appends nothing. Without
         one, a random id covers the client library's own retries of this call.
+
+        `release`, this session's held turn lock, is released by the same step when the turn
+        commits (one round trip, not two); otherwise it stays held.
         """
         if not SESSION_ID_RE.fullmatch(session_id):
             raise _not_found(session_id)
         now = time.time()
+        token = release.token if release is not None else None
         reply: list[Any] = await self._append(
-            keys=self._session_keys(session_id),
+            keys=[*self._session_keys(session_id), self.keys.lock(session_id)],
             args=[
                 owner,
                 expected_version,
@@ -355,6 +386,7 @@ class SessionStore:
                 "1" if title is not None else "0",
                 title or "",
                 options.model_dump_json() if options is not None else "",
+                token or "",
                 *(orjson.dumps(message) for message in messages),
             ],
         )
@@ -367,6 +399,8 @@ class SessionStore:
                 f"expected {expected_version}); reload it and retry",
                 code="session_version_conflict",
             )
+        if release is not None and token is not None:
+            release.released()  # the script let the lock go: whatever follows, it is gone
         await self._touch_index(owner, session_id, now)
         return _info(_pairs(reply[1]), int(reply[2]))
 
@@ -524,6 +558,40 @@ class SessionStore:
             "messages": messages,
         }
 
+    async def lock_and_load(
+        self, session_id: str, owner: str
+    ) -> tuple[RedisLock, SessionInfo, Messages]:
+        """`turn_lock` taken, then `load`, in one round trip per try (then the owner index's TTL
+        renewed, as `load` renews it): the held lock (release it), the info and every message.
+
+        As with the two calls: the lock is taken before the owner check, so a stranger (or a
+        missing session) gets `NotFoundError` with the lock released; a lock that stays held
+        is a `ConflictError`.
+        """
+        if not SESSION_ID_RE.fullmatch(session_id):
+            raise _not_found(session_id)
+        lock = self._turn_lock(session_id)
+        keys = [self.keys.lock(session_id), *self._session_keys(session_id)]
+        reply: list[Any] = []
+
+        async def attempt(token: str, ttl_ms: int) -> bool:
+            nonlocal reply
+            reply = await self._lock_read(
+                keys=keys, args=[token, ttl_ms, owner, self.settings.session_ttl_ms]
+            )
+            return _text(reply[0]) != "locked"
+
+        await lock.acquire(attempt)
+        try:
+            if _text(reply[0]) != "ok":
+                raise _not_found(session_id)
+            messages: Messages = [orjson.loads(raw) for raw in reply[3]]
+            await self._touch_index(owner, None, time.time())  # as `load` does
+            return lock, _info(_pairs(reply[1]), int(reply[2])), messages
+        except BaseException:
+            await lock.release()
+            raise
+
     def turn_lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
         """Hold this for a whole turn (load → run → append_turn).
 
@@ -531,6 +599,9 @@ class SessionStore:
         is renewed while held and expires `turn_lock_ttl` seconds after a holder crashed; a
         release that Redis could not take (down, frozen) is repeated as soon as Redis is back.
         """
+        return self._turn_lock(session_id)
+
+    def _turn_lock(self, session_id: str) -> RedisLock:
         return RedisLock(
             self._redis,
             self.keys.lock(session_id),
@@ -538,4 +609,5 @@ class SessionStore:
             wait=self.settings.turn_lock_wait,
             message=("another turn is running on this session; retry when it has finished"),
             code="session_busy",
+            scripts=self._lock_scripts,
         )

@@ -15,10 +15,12 @@ Contracts:
   (a concurrent turn waits briefly, then `ConflictError`), then the session is loaded for its
   owner (a stranger gets `NotFoundError`). Without a session id nothing is held.
 - `commit` appends the turn's messages with a versioned append (whole or not at all), or, for a
-  stateless request that asked to be stored, creates a session holding them. Storage failures
-  are retried for up to `commit_retry_seconds`; a retry that finds the session exactly one
-  version ahead, while this turn holds the lock, finds its own earlier attempt (whose reply was
-  lost). Past the bound the `RedisError` propagates, logged as `turn_commit_failed`.
+  stateless request that asked to be stored, creates a session holding them. The append that
+  commits also releases the session's lock, in the same step. Storage failures are retried for
+  up to `commit_retry_seconds`; a retry that finds the session exactly one version ahead finds
+  its own earlier attempt (whose reply was lost): no other turn can commit before this one has,
+  as the lock is released only by this turn's own commit (or its expiry). Past the bound the
+  `RedisError` propagates, logged as `turn_commit_failed`.
 - `interrupted` stores what a cut turn produced, its last message marked interrupted.
 - Leaving, on every path: an idempotency claim that got no `record` is given up (a retry runs
   the request again) and the lock is released, even when the turn's task is being cancelled.
@@ -40,6 +42,7 @@ from redis.exceptions import RedisError
 from app import metrics
 from app.errors import CascadeError, ConflictError
 from app.sessions.idempotency import IdempotencyStore
+from app.sessions.lock import RedisLock
 from app.sessions.models import SessionInfo, SessionOptions
 from app.sessions.store import SessionStore
 
@@ -72,6 +75,7 @@ class SessionTurn:
         self.committed = False
         self._key = idempotency_key if session_id is not None else None
         self._created: SessionInfo | None = None
+        self._lock: RedisLock | None = None
         self._stack = AsyncExitStack()
 
     @property
@@ -95,8 +99,12 @@ class SessionTurn:
                     return self
             # Lock, then load (the load checks the owner: a stranger gets 404). Session ids
             # are unguessable, so locking before the owner check reveals nothing.
-            await self._stack.enter_async_context(self.sessions.turn_lock(self.session_id))
-            self.info, self.history = await self.sessions.load(self.session_id, self.owner)
+            # One round trip: `SessionStore.lock_and_load` (turn_lock, then load).
+            lock, self.info, self.history = await self.sessions.lock_and_load(
+                self.session_id, self.owner
+            )
+            self._stack.push_async_callback(lock.release)
+            self._lock = lock
         except BaseException:
             await self._leave()
             raise
@@ -111,6 +119,11 @@ class SessionTurn:
         await self._leave()
 
     async def _leave(self) -> None:
+        if self._key is None and (self._lock is None or self._lock.settled):
+            # Nothing held (the commit released the lock): no cleanup to shield. A lock taken
+            # by `__aenter__` is `self._lock`, the only thing the stack holds.
+            self._stack.pop_all()
+            return
         # Shielded: a turn left because its task was cancelled (a client that went away) must
         # still release what it holds, and a cancelled scope would cancel every await here.
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
@@ -190,6 +203,8 @@ class SessionTurn:
                     expected_version=self.info.version,
                     options=options,
                     title=self.info.title or title,
+                    # Committed, the turn is over: the lock goes in the same step.
+                    release=self._lock,
                 )
             except ConflictError:
                 if not retried:

@@ -1,14 +1,28 @@
 """What cascade adds on top of the runtime: latency and CPU, measured side by side in one run.
 
-Set-up: the SGLang simulator (zero latency) and cascade's API each in their own process, a real
-redis-server. For every measurement the same calls are made (a) directly to the simulator and (b)
-through cascade with a session (Redis read + write per turn). Reported:
+Set-up: the SGLang simulator and cascade's API each in their own process, a real redis-server,
+cascade with its default configuration (the default server tools on, as a user gets it). For
+every measurement the same calls are made (a) directly to the simulator and (b) through cascade
+with a session (Redis read + write per turn). Reported:
 
 - added latency p50/p99 (through − direct, per call) for non-streamed session turns at
-  concurrency 1 and 32, and for streamed turns of ~500 chunks at concurrency 1;
+  concurrency 1 and 16, and for streamed turns of ~500 chunks at concurrency 1;
 - cascade's own CPU time per non-streamed turn and per relayed chunk, from its process's CPU
-  counters (/proc/<pid>/stat, user + system);
-- the turn overhead at a 200-message history relative to a 2-message history.
+  counters (/proc/<pid>/stat, user + system): turns back to back (`turn_c1`, `turn_c16`) and
+  turns that each arrive after an idle gap of 5–40 ms (`idle_c1`, `idle_c16`: timers, pool and
+  connection state that go cold between turns); chunks at zero latency (`stream`) and paced by
+  the simulator 1 ms apart (`paced`, one token per chunk, as a real runtime sends them), per
+  relayed chunk and per token (at zero latency several tokens arrive in one read and leave as
+  one chunk);
+- the turn overhead at a 200-message history relative to a 2-message history;
+- `streams_c16`: 16 concurrent streamed turns of 256 tokens at ~100 tokens/s each (10 ms per
+  token), through cascade and direct to the simulator with the exact body cascade sent (a fresh
+  rid each), in alternating rounds: client-observed total tokens/s and time to first token, as
+  ratios (through / direct) and the added first-token milliseconds.
+
+Targets (in the JSON's `targets`): CPU per session turn ≤ 1.0 ms at concurrency 1 and 16, also
+after idle gaps; CPU per relayed chunk ≤ 80 µs paced at 1 ms/token and ≤ 25 µs at zero latency;
+16 streams: ≥ 0.98 of direct throughput and ≤ +5 ms first token.
 
 Absolute times on a shared 2-core machine are noise; ratios and the CPU counters are the figures.
 The JSON summary is the last line of output. Run: `python -m tests.bench.overhead`.
@@ -20,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -36,6 +51,22 @@ from tests.sglang_sim.testing import spawn_simulator
 
 TICKS = os.sysconf("SC_CLK_TCK")
 STREAM_WORDS = 500
+PACED_WORDS = 200
+PACED_TPOT = 0.001
+STREAMS = 16
+STREAMS_TOKENS = 256
+STREAMS_TPOT = 0.01
+STREAMS_ROUNDS = 5
+IDLE_GAP_S = (0.005, 0.040)
+
+TARGETS = {
+    "cpu_ms_per_turn_max": 1.0,
+    "cpu_us_per_chunk_max": 25,
+    "cpu_us_per_chunk_paced_max": 80,
+    "history_ratio_max": 2.0,
+    "streams_tokens_per_s_ratio_min": 0.98,
+    "streams_ttft_added_ms_max": 5.0,
+}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -55,13 +86,20 @@ async def timed(call: Callable[[], Awaitable[Any]]) -> float:
 
 
 async def run_concurrently(
-    make_call: Callable[[int], Callable[[], Awaitable[Any]]], total: int, concurrency: int
+    make_call: Callable[[int], Callable[[], Awaitable[Any]]],
+    total: int,
+    concurrency: int,
+    gaps: list[float] | None = None,
 ) -> list[float]:
+    """`total` calls, `concurrency` at a time; with `gaps`, call i waits gaps[i] seconds idle
+    (its slot held, so the server sees a pause) before it is sent."""
     sem = asyncio.Semaphore(concurrency)
     out: list[float] = []
 
     async def one(i: int) -> None:
         async with sem:
+            if gaps is not None:
+                await asyncio.sleep(gaps[i])
             out.append(await timed(make_call(i)))
 
     await asyncio.gather(*(one(i) for i in range(total)))
@@ -106,6 +144,13 @@ async def bench(sim_url: str, cascade_url: str, pid: int) -> dict[str, Any]:
             "/sim/rules",
             json=[
                 {"match": "stream please", "output": "word " * STREAM_WORDS},
+                {"match": "paced please", "output": "word " * PACED_WORDS, "tpot": PACED_TPOT},
+                {
+                    "match": "streams please",
+                    # One token per word: the simulator's tokenizer splits " word" as one.
+                    "output": "word " * (STREAMS_TOKENS - 1),
+                    "tpot": STREAMS_TPOT,
+                },
                 {"match": None, "output": "A short answer."},
             ],
         )
@@ -160,7 +205,9 @@ async def bench(sim_url: str, cascade_url: str, pid: int) -> dict[str, Any]:
             # One fresh session per measured turn, so every turn sees the same history size.
             return [(await new_session(size))[0] for _ in range(count)]
 
-        async def measure_turns(concurrency: int, total: int) -> dict[str, float]:
+        async def measure_turns(
+            concurrency: int, total: int, *, idle: bool = False
+        ) -> dict[str, float]:
             warm = await sessions_of(2, concurrency * 2)
             sessions = await sessions_of(2, total)
             _, history = await new_session(2)
@@ -175,11 +222,13 @@ async def bench(sim_url: str, cascade_url: str, pid: int) -> dict[str, Any]:
             def base_call(i: int) -> Callable[[], Awaitable[Any]]:
                 return lambda: direct_call(direct_body(history, f"q{i}", False))
 
+            rng = random.Random(total * 31 + concurrency)
+            gaps = [rng.uniform(*IDLE_GAP_S) for _ in range(total)] if idle else None
             await run_concurrently(warm_call, concurrency * 2, concurrency)
             cpu0 = cpu_seconds(pid)
-            via = await run_concurrently(via_call, total, concurrency)
+            via = await run_concurrently(via_call, total, concurrency, gaps)
             cpu1 = cpu_seconds(pid)
-            base = await run_concurrently(base_call, total, concurrency)
+            base = await run_concurrently(base_call, total, concurrency, gaps)
             added = [v - b for v, b in zip(sorted(via), sorted(base), strict=True)]
             return {
                 "added_ms_p50": round(percentile(added, 0.5) * 1e3, 3),
@@ -191,7 +240,9 @@ async def bench(sim_url: str, cascade_url: str, pid: int) -> dict[str, Any]:
 
         results: dict[str, Any] = {
             "turn_c1": await measure_turns(1, 200),
-            "turn_c32": await measure_turns(32, 320),
+            "turn_c16": await measure_turns(16, 320),
+            "idle_c1": await measure_turns(1, 100, idle=True),
+            "idle_c16": await measure_turns(16, 320, idle=True),
         }
 
         # --- history length: 200 messages vs 2 messages, concurrency 1
@@ -210,33 +261,126 @@ async def bench(sim_url: str, cascade_url: str, pid: int) -> dict[str, Any]:
             "ratio_200_vs_2": round(per_history[200] / per_history[2], 3),
         }
 
-        # --- streamed turns of ~500 chunks, concurrency 1
-        n = 20
-        stream_sessions = await sessions_of(2, n + 1)
-        _, history = await new_session(2)
-        await through_call(stream_sessions[-1], "stream please", True)
-        cpu0 = cpu_seconds(pid)
-        via_s, chunk_counts = [], []
-        for session_id in stream_sessions[:n]:
-            start = time.perf_counter()
-            chunk_counts.append(await through_call(session_id, "stream please", True))
-            via_s.append(time.perf_counter() - start)
-        cpu_stream = cpu_seconds(pid) - cpu0
-        base_s = [
-            await timed(lambda: direct_call(direct_body(history, "stream please", True)))
-            for _ in range(n)
-        ]
-        chunks = sum(chunk_counts)
         turn_cpu = results["turn_c1"]["cpu_ms_per_turn"] / 1e3
-        added_s = [v - b for v, b in zip(sorted(via_s), sorted(base_s), strict=True)]
-        results["stream"] = {
-            "chunks_per_turn": round(chunks / n, 1),
-            "added_ms_p50": round(percentile(added_s, 0.5) * 1e3, 3),
-            "added_ms_p99": round(percentile(added_s, 0.99) * 1e3, 3),
-            "cpu_ms_per_turn": round(cpu_stream / n * 1e3, 3),
-            "cpu_us_per_chunk": round(max(0.0, cpu_stream - n * turn_cpu) / chunks * 1e6, 2),
-        }
+
+        async def measure_stream(text: str, n: int, tokens: int) -> dict[str, float]:
+            """`n` streamed session turns of `tokens` tokens at concurrency 1, through and
+            direct. Events that reach cascade in one network read are relayed as one chunk, so
+            the CPU is given per relayed chunk and per token (the runtime's events)."""
+            sessions = await sessions_of(2, n + 1)
+            _, history = await new_session(2)
+            await through_call(sessions[-1], text, True)
+            cpu0 = cpu_seconds(pid)
+            via_s, chunk_counts = [], []
+            for session_id in sessions[:n]:
+                start = time.perf_counter()
+                chunk_counts.append(await through_call(session_id, text, True))
+                via_s.append(time.perf_counter() - start)
+            cpu_stream = cpu_seconds(pid) - cpu0
+            base_s = [
+                await timed(lambda: direct_call(direct_body(history, text, True))) for _ in range(n)
+            ]
+            chunks = sum(chunk_counts)
+            added_s = [v - b for v, b in zip(sorted(via_s), sorted(base_s), strict=True)]
+            return {
+                "chunks_per_turn": round(chunks / n, 1),
+                "added_ms_p50": round(percentile(added_s, 0.5) * 1e3, 3),
+                "added_ms_p99": round(percentile(added_s, 0.99) * 1e3, 3),
+                "cpu_ms_per_turn": round(cpu_stream / n * 1e3, 3),
+                "cpu_us_per_chunk": round(max(0.0, cpu_stream - n * turn_cpu) / chunks * 1e6, 2),
+                "cpu_us_per_token": round(
+                    max(0.0, cpu_stream - n * turn_cpu) / (n * tokens) * 1e6, 2
+                ),
+            }
+
+        # --- streamed turns of ~500 chunks at zero latency, then paced 1 ms per token
+        results["stream"] = await measure_stream("stream please", 20, STREAM_WORDS)
+        results["paced"] = await measure_stream("paced please", 20, PACED_WORDS)
+
+        # --- 16 concurrent streams at ~100 tokens/s each, through vs direct
+        results["streams_c16"] = await measure_streams(direct, through, STREAMS, STREAMS_ROUNDS)
         return results
+
+
+async def _one_stream(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any]
+) -> tuple[float, float, int]:
+    """(seconds to the first content token, seconds to the end, content tokens) of one stream.
+
+    Tokens are counted as the words of the content deltas (the scripted answer is one word per
+    token), so coalescing at either end does not change the count."""
+    start = time.perf_counter()
+    first = 0.0
+    words = 0
+    async with client.stream("POST", path, json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {") or '"content"' not in line:
+                continue
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            text = (choices[0].get("delta") or {}).get("content") or ""
+            if text and not first:
+                first = time.perf_counter() - start
+            words += len(text.split())
+    return first, time.perf_counter() - start, words
+
+
+async def measure_streams(
+    direct: httpx.AsyncClient, through: httpx.AsyncClient, streams: int, rounds: int
+) -> dict[str, float]:
+    """`streams` concurrent streams through cascade and direct, in alternating rounds."""
+    request = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "streams please"}],
+        "stream": True,
+    }
+    await _one_stream(through, "/v1/chat/completions", request)
+    recorded = (await direct.get("/sim/requests")).json()["requests"]
+    sent = recorded[-1]["body"]  # the exact body cascade sent for that request
+
+    def direct_body(i: int, r: int) -> dict[str, Any]:
+        return {**sent, "rid": f"bench-direct-{r}-{i}"}
+
+    totals: dict[str, list[float]] = {"direct_tps": [], "through_tps": []}
+    ttfts: dict[str, list[float]] = {"direct": [], "through": []}
+    round_ttft: dict[str, list[float]] = {"direct": [], "through": []}
+    for r in range(rounds):
+        for side in ("direct", "through"):
+            start = time.perf_counter()
+            if side == "direct":
+                calls = [
+                    _one_stream(direct, "/v1/chat/completions", direct_body(i, r))
+                    for i in range(streams)
+                ]
+            else:
+                calls = [
+                    _one_stream(through, "/v1/chat/completions", request) for _ in range(streams)
+                ]
+            out = await asyncio.gather(*calls)
+            wall = time.perf_counter() - start
+            totals[f"{side}_tps"].append(sum(words for _, _, words in out) / wall)
+            ttfts[side].extend(first for first, _, _ in out)
+            round_ttft[side].append(statistics.median(first for first, _, _ in out))
+    direct_tps = statistics.mean(totals["direct_tps"])
+    through_tps = statistics.mean(totals["through_tps"])
+    ttft_direct = statistics.median(ttfts["direct"])
+    ttft_through = statistics.median(ttfts["through"])
+    ratios = [t / d for t, d in zip(totals["through_tps"], totals["direct_tps"], strict=True)]
+    # Per round (each through round right after its direct one): the spread on a shared machine.
+    added = [t - d for t, d in zip(round_ttft["through"], round_ttft["direct"], strict=True)]
+    return {
+        "tokens_per_stream": STREAMS_TOKENS,
+        "direct_tokens_per_s": round(direct_tps, 1),
+        "through_tokens_per_s": round(through_tps, 1),
+        "tokens_per_s_ratio": round(through_tps / direct_tps, 4),
+        "tokens_per_s_ratio_min": round(min(ratios), 4),
+        "tokens_per_s_ratio_rounds_median": round(statistics.median(ratios), 4),
+        "ttft_direct_ms_p50": round(ttft_direct * 1e3, 3),
+        "ttft_through_ms_p50": round(ttft_through * 1e3, 3),
+        "ttft_ratio": round(ttft_through / ttft_direct, 3),
+        "ttft_added_ms_p50": round((ttft_through - ttft_direct) * 1e3, 3),
+        "ttft_added_ms_rounds": [round(a * 1e3, 1) for a in added],
+    }
 
 
 @contextlib.contextmanager
@@ -263,11 +407,7 @@ def running_cascade() -> Iterator[tuple[str, str, int]]:
 def main() -> None:
     with running_cascade() as (sim_url, url, pid):
         results = asyncio.run(bench(sim_url, url, pid))
-    results["targets"] = {
-        "cpu_ms_per_turn_max": 1.5,
-        "cpu_us_per_chunk_max": 25,
-        "history_ratio_max": 2.0,
-    }
+    results["targets"] = TARGETS
     for name, value in results.items():
         if name != "targets":
             print(f"{name}: {value}")

@@ -98,6 +98,18 @@ async def sessions_scenario(redis: aioredis.Redis) -> None:
         await store.load(info.id, OWNER)
     assert await redis.exists(idem.keys.idempotency(OWNER, "k", info.id)) == 0
     assert [s.id for s in (await store.list(OWNER))[0]] == [fork.id]
+    # A session turn's own path: lock and read in one script, commit and release in another.
+    held, _, forked = await store.lock_and_load(fork.id, OWNER)
+    assert [m["content"] for m in forked] == ["hello"]
+    turned = await store.append_turn(
+        fork.id,
+        OWNER,
+        [{"role": "assistant", "content": "again"}],
+        expected_version=0,
+        release=held,
+    )
+    assert turned.message_count == 2 and await redis.exists(store.keys.lock(fork.id)) == 0
+    await held.release()
     lock = RedisLock(redis, store.keys.lock(fork.id), ttl=0.3, wait=0.0, message="busy")
     async with lock:
         await asyncio.sleep(0.35)  # past the lease: only the renewals keep it

@@ -222,6 +222,55 @@ async def test_second_turn_waits_for_the_lock_then_gets_409(client: aioredis.Red
     assert await client.exists(store.keys.lock(session.id)) == 0
 
 
+async def test_lock_and_load_holds_the_turn_lock_and_reads_in_one_step(
+    client: aioredis.Redis,
+) -> None:
+    store = SessionStore(client, SessionSettings(turn_lock_wait=0.2))
+    session = await store.create(OWNER, messages=[{"role": "user", "content": "hi"}])
+    lock, info, messages = await store.lock_and_load(session.id, OWNER)
+    try:
+        assert info.id == session.id and info.version == 0
+        assert messages == [{"role": "user", "content": "hi"}]
+        with pytest.raises(ConflictError):  # a second turn waits, then 409
+            await store.lock_and_load(session.id, OWNER)
+        with pytest.raises(ConflictError):  # the plain lock is the same lock
+            async with store.turn_lock(session.id):
+                pass
+    finally:
+        await lock.release()
+    assert await client.exists(store.keys.lock(session.id)) == 0
+    # a stranger (or a missing session) gets 404, and the lock is not left behind
+    with pytest.raises(NotFoundError):
+        await store.lock_and_load(session.id, "someone-else")
+    assert await client.exists(store.keys.lock(session.id)) == 0
+    with pytest.raises(NotFoundError):
+        await store.lock_and_load("sess_" + "0" * 24, OWNER)
+
+
+async def test_a_committed_append_releases_the_turn_lock_in_the_same_step(
+    client: aioredis.Redis,
+) -> None:
+    store = SessionStore(client, SessionSettings(turn_lock_wait=0.0))
+    session = await store.create(OWNER)
+    lock, info, _ = await store.lock_and_load(session.id, OWNER)
+    with pytest.raises(ConflictError):  # a conflict commits nothing and keeps the lock
+        await store.append_turn(
+            session.id, OWNER, [{"role": "user", "content": "x"}], expected_version=7, release=lock
+        )
+    assert await client.exists(store.keys.lock(session.id)) == 1
+    assert lock.token is not None
+    await store.append_turn(
+        session.id, OWNER, [{"role": "user", "content": "hi"}], expected_version=0, release=lock
+    )
+    assert await client.exists(store.keys.lock(session.id)) == 0
+    assert lock.token is None
+    await lock.release()  # nothing left to do
+    # the next turn gets in at once
+    second, info, messages = await store.lock_and_load(session.id, OWNER)
+    assert info.version == 1 and messages == [{"role": "user", "content": "hi"}]
+    await second.release()
+
+
 async def test_a_waiting_acquire_gives_up_when_its_wait_is_over_by_its_clock(
     client: aioredis.Redis,
 ) -> None:
