@@ -49,7 +49,8 @@ from app.agent.models import (
 )
 from app.agent.responses_protocol import INCLUDABLE, ResponseEventWriter, parse_responses_request
 from app.agent.responses_turn import ResponsesServices, ResponseTurn, open_turn, response_store
-from app.api.deps import Owner, ServicesDep
+from app.api.auth import authenticate
+from app.api.deps import Owner, ServicesDep, services_of
 from app.api.responses import JSONResponse, page_after
 from app.api.streaming import event_stream, first_event
 from app.errors import CascadeError, InvalidRequestError
@@ -91,7 +92,11 @@ async def _open(services: Services, request: Request, owner: str) -> ResponseTur
 
 
 @router.post("/v1/responses")
-async def create_response(request: Request, services: ServicesDep, owner: Owner) -> Response:
+async def create_response(request: Request) -> Response:
+    # As in the chat door: the two dependencies called directly (FastAPI's dependency solving
+    # cost more per turn than either of them; same order, same errors: authentication first).
+    owner = await authenticate(request)
+    services = services_of(request)
     turn = await _open(services, request, owner)
     metrics.note(response_id=turn.shell["id"])
     if turn.req.background:
