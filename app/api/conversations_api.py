@@ -26,6 +26,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app import metrics
 from app.agent.conversation_items import (
     ConversationItem,
     conversation_items,
@@ -99,7 +100,9 @@ def _sessions(services: Services) -> SessionStore:
 
 @contextmanager
 def _conversation(conversation_id: str) -> Iterator[None]:
-    """A missing session is reported as the missing conversation it is here."""
+    """A missing session is reported as the missing conversation it is here; the id goes into
+    the request's access-log line."""
+    metrics.note(session_id=conversation_id)
     try:
         yield
     except NotFoundError as exc:
@@ -154,6 +157,7 @@ async def create_conversation(
     sessions = _sessions(services)
     messages = await _messages(services, owner, body.items, []) if body.items else []
     info = await sessions.create(owner, messages=messages, metadata=body.metadata, id_prefix="conv")
+    metrics.note(session_id=info.id)
     return JSONResponse(_body(info))
 
 

@@ -98,7 +98,11 @@ async def create_response(request: Request) -> Response:
     owner = await authenticate(request)
     services = services_of(request)
     turn = await _open(services, request, owner)
-    metrics.note(response_id=turn.shell["id"])
+    conversation = turn.shell.get("conversation")
+    metrics.note(
+        response_id=turn.shell["id"],
+        session_id=conversation["id"] if conversation is not None else None,
+    )
     if turn.req.background:
         return await _queued(services, request, turn)
     if turn.req.stream:

@@ -301,6 +301,23 @@ def test_one_access_log_line_per_request_and_no_secret_in_any(api: Api, sim: Sim
     assert KEY not in text and "hidden-query-value" not in text and "wrong" not in text
 
 
+def test_conversation_and_response_ids_reach_the_access_log(api: Api, sim: SimHandle) -> None:
+    sim.sim.add_rule(Rule(match=None, output="An answer."))
+    client = api.client()
+    with capture_logs() as logs:
+        conversation = client.conversations.create()
+        client.conversations.retrieve(conversation.id)
+        response = client.responses.create(model="m", input="hi", conversation=conversation.id)
+        wait_until(lambda: sum(e["event"] == "http_request" for e in logs) >= 3, 5, "lines")
+    lines = [e for e in logs if e["event"] == "http_request"]
+    assert [(e["path"], e["session_id"]) for e in lines] == [
+        ("/v1/conversations", conversation.id),
+        ("/v1/conversations/{conversation_id}", conversation.id),
+        ("/v1/responses", conversation.id),
+    ]
+    assert lines[2]["response_id"] == response.id
+
+
 def test_every_metric_the_dashboard_queries_is_exported(cascade: Cascade) -> None:
     dashboard = json.loads((REPO / "deploy" / "grafana" / "cascade.json").read_text())
     exprs = [
