@@ -4,6 +4,7 @@ tool-output injection, and prefix-cache stability across a long session."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -347,17 +348,26 @@ def test_tool_calls_in_client_history_are_never_run(writable: Cascade, sim: SimH
         assert not [m for m in request.body["messages"] if m["role"] == "tool"]
 
 
-def test_a_pause_is_confirmed_only_by_its_owner_with_its_pause_id(
+@contextlib.contextmanager
+def two_keys_with_confirmed_writes(
     sim: SimHandle, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> Iterator[tuple[str, Recorder]]:
+    """A cascade with the keys `key-a` and `key-b`, every write tool allowed once the user
+    confirms it, and the test tools registered: (its URL, their recorder)."""
     monkeypatch.setenv("CASCADE_TOOLS_ALLOW_WRITE", "*")
     monkeypatch.setenv("CASCADE_TOOLS_CONFIRM_WRITE", "*")
     settings = cascade_settings(sim, redis_server, api_keys="key-a,key-b")
     app = create_app(settings)
     with serve_in_thread(app) as url:
-        cascade = Cascade(url=url, app=app, settings=settings)
         rec = Recorder()
-        register_tools(cascade, rec)
+        register_tools(Cascade(url=url, app=app, settings=settings), rec)
+        yield url, rec
+
+
+def test_a_pause_is_confirmed_only_by_its_owner_with_its_pause_id(
+    sim: SimHandle, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with two_keys_with_confirmed_writes(sim, redis_server, monkeypatch) as (url, rec):
         sim.sim.add_rule(Rule(output=call("open_door", door="front"), times=1))
         chat = url + "/v1/chat/completions"
         a = {"authorization": "Bearer key-a"}

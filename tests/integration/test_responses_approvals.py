@@ -15,12 +15,16 @@ from openai import OpenAI
 from openai.types.responses import Response
 
 from app.agent.responses_approvals import DECLINED
-from app.api.app import create_app
-from tests.integration.conftest import Cascade, cascade_settings
-from tests.integration.test_agent_tools import Recorder, call, register_tools, writable
+from tests.integration.conftest import Cascade
+from tests.integration.test_agent_tools import (
+    Recorder,
+    call,
+    register_tools,
+    two_keys_with_confirmed_writes,
+    writable,
+)
 from tests.integration.test_responses_api import EVENTS, sse_events
 from tests.redis_server import RedisServer
-from tests.servers import serve_in_thread
 from tests.sglang_sim.script import Rule
 from tests.sglang_sim.testing import SimHandle
 
@@ -140,14 +144,7 @@ def test_a_denied_call_is_not_run_and_the_model_is_told(writable: Cascade, sim: 
 def test_approval_ids_are_only_those_the_owners_stored_chain_issued(
     sim: SimHandle, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CASCADE_TOOLS_ALLOW_WRITE", "*")
-    monkeypatch.setenv("CASCADE_TOOLS_CONFIRM_WRITE", "*")
-    settings = cascade_settings(sim, redis_server, api_keys="key-a,key-b")
-    app = create_app(settings)
-    with serve_in_thread(app) as url:
-        cascade = Cascade(url=url, app=app, settings=settings)
-        rec = Recorder()
-        register_tools(cascade, rec)
+    with two_keys_with_confirmed_writes(sim, redis_server, monkeypatch) as (url, rec):
         a = OpenAI(base_url=url + "/v1", api_key="key-a", max_retries=0)
         b = OpenAI(base_url=url + "/v1", api_key="key-b", max_retries=0)
         first = paused(a, sim)
