@@ -4,17 +4,18 @@ Layout (see `keys.Keys`): a hash of metadata, a list of orjson-encoded messages,
 idempotency records to the session, and per owner a sorted set of session ids by `updated_at`.
 
 Every operation on one session is one Lua script, so it is atomic and one round trip whatever
-the number of messages (plus one for the owner index, below); the owner check happens inside
-the script, and another owner's session answers exactly like a missing one. The script touches
-the session's keys only (one hash tag, one Redis Cluster slot); the owner index lives in a slot
-of its own, so it is updated by a second command, after the script succeeded. The index is
-therefore a listing aid that may lag, never the authority: a session whose index update failed
-(the call raised after the script) is missing from `list` until its next write; writes move it
-to the top (`ZADD GT`: never back in time, and an id missing from the index is added); `delete`
-removes it after the session is gone (if that fails, the next `list` drops it: it skips and
-removes ids without a session of that owner). Reads and writes refresh the TTL of the session's
-keys and then of the index, so the index does not expire before a session it lists unless that
-refresh failed (Redis away between the two commands).
+the number of messages; the owner check happens inside the script, and another owner's session
+answers exactly like a missing one. On a single Redis the same script also updates the owner
+index when it succeeds (its key is passed last). On a Redis Cluster a script touches the
+session's keys only (one hash tag, one slot) and the index, in a slot of its own, is updated by
+a second command after the script succeeded. The index is a listing aid, never the authority:
+on a cluster a session whose index update failed (the call raised after the script) is missing
+from `list` until its next write; writes move it to the top (`ZADD GT`: never back in time, and
+an id missing from the index is added); `delete` removes it after the session is gone (if that
+fails, the next `list` drops it: it skips and removes ids without a session of that owner).
+Reads and writes refresh the TTL of the session's keys and of the index, so the index does not
+expire before a session it lists (on a cluster: unless that refresh failed, Redis away between
+the two commands).
 
 Turns are versioned: `append_turn` commits only if the session is still at `expected_version`,
 so two turns that read the same history cannot both commit. `turn_lock` serialises whole turns
@@ -31,6 +32,7 @@ from typing import Any, Literal
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from app.errors import ConflictError, NotFoundError, UnprocessableError
 from app.sessions.config import SessionSettings
@@ -40,12 +42,26 @@ from app.sessions.models import SessionInfo, SessionOptions
 
 # Lua scripts. Every one takes KEYS = info, messages, idempotency links (one session's slot).
 # RPUSH goes in slices so `unpack` stays far below Lua's stack limit for any history size.
+# A script that succeeds also updates the owner index when its key is passed as the last KEYS
+# entry (a single Redis only: on a cluster it is in another slot, see `_touch_index`).
 
-# ARGV = session id, now (both unused: the owner index is written outside), ttl, write token,
-# the fields (JSON), then the messages.
+# `index(key, member, score, ttl)`: the session moved up to `score` (never down) unless `member`
+# is '', then the index's TTL renewed. Registered in front of the scripts that call it.
+_INDEX_FN = """
+local function index(key, member, score, ttl)
+  if not key then return end
+  if member ~= '' then redis.call('ZADD', key, 'GT', score, member) end
+  redis.call('PEXPIRE', key, ttl)
+end
+"""
+
+# ARGV = session id, now, ttl, write token, the fields (JSON), then the messages.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  if redis.call('HGET', KEYS[1], 'last_write') == ARGV[4] then return 1 end
+  if redis.call('HGET', KEYS[1], 'last_write') == ARGV[4] then
+    index(KEYS[4], ARGV[1], ARGV[2], ARGV[3])
+    return 1
+  end
   return 0
 end
 redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[5])))
@@ -54,12 +70,14 @@ for i = 6, #ARGV, 100 do
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+index(KEYS[4], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
 
 _READ = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+index(KEYS[4], '', 0, ARGV[2])
 local info = redis.call('HGETALL', KEYS[1])
 local count = redis.call('LLEN', KEYS[2])
 if ARGV[3] == '1' then
@@ -70,19 +88,21 @@ return {'ok', info, count}
 
 # A turn's start: the turn lock taken as lock.py's acquire script takes it, then the session
 # read as `_READ` reads it (with messages). KEYS = lock, then `_READ`'s three (one slot: the
-# lock is named under the session's hash tag).
+# lock is named under the session's hash tag), then the owner index or nothing.
 _LOCK_READ = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'locked'} end
 end
 if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[3] then return {'missing'} end
 for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+index(KEYS[5], '', 0, ARGV[4])
 return {'ok', redis.call('HGETALL', KEYS[2]), redis.call('LLEN', KEYS[3]),
         redis.call('LRANGE', KEYS[3], 0, -1)}
 """
 
 # KEYS[4] is the session's turn lock and ARGV[10] a holder's token or '': a committed append
-# releases the lock if that token holds it (lock.py's release), in the same step.
+# releases the lock if that token holds it (lock.py's release), in the same step. KEYS[5]: the
+# owner index or nothing.
 _APPEND = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
 local version = tonumber(redis.call('HGET', KEYS[1], 'version'))
@@ -94,6 +114,7 @@ if version ~= expected then
   if version == expected + 1 and redis.call('HGET', KEYS[1], 'last_write') == ARGV[6] then
     -- this very turn, committed already: a client retry after a lost reply
     release()
+    index(KEYS[5], ARGV[5], ARGV[3], ARGV[4])
     return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
   end
   return {'conflict', version}
@@ -107,6 +128,7 @@ if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'title', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'options', ARGV[9]) end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 release()
+index(KEYS[5], ARGV[5], ARGV[3], ARGV[4])
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
 """
 
@@ -115,6 +137,7 @@ _SET_METADATA = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return {'missing'} end
 redis.call('HSET', KEYS[1], 'metadata', ARGV[2], 'updated_at', ARGV[3])
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+index(KEYS[4], ARGV[5], ARGV[3], ARGV[4])
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
 """
 
@@ -143,6 +166,7 @@ if #ARGV >= first_removed then redis.call('LREM', KEYS[2], 0, ARGV[7]) end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], 'last_write', ARGV[6])
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+index(KEYS[4], ARGV[5], ARGV[3], ARGV[4])
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LLEN', KEYS[2])}
 """
 
@@ -220,22 +244,32 @@ class SessionStore:
         self._redis = redis
         self.settings = settings or SessionSettings()
         self.keys = Keys(self.settings.key_prefix)
-        self._create = redis.register_script(_CREATE)
-        self._read = redis.register_script(_READ)
-        self._lock_read = redis.register_script(_LOCK_READ)
+        # On one Redis the scripts update the owner index themselves; a cluster keeps it in
+        # another slot, so there it is a second command (`_touch_index`).
+        self._inline_index = not isinstance(redis, RedisCluster)
+        self._create = redis.register_script(_INDEX_FN + _CREATE)
+        self._read = redis.register_script(_INDEX_FN + _READ)
+        self._lock_read = redis.register_script(_INDEX_FN + _LOCK_READ)
         self._lock_scripts = LockScripts(redis)
-        self._append = redis.register_script(_APPEND)
+        self._append = redis.register_script(_INDEX_FN + _APPEND)
         self._delete = redis.register_script(_DELETE)
-        self._set_metadata = redis.register_script(_SET_METADATA)
-        self._edit = redis.register_script(_EDIT)
+        self._set_metadata = redis.register_script(_INDEX_FN + _SET_METADATA)
+        self._edit = redis.register_script(_INDEX_FN + _EDIT)
         self._page = redis.register_script(_PAGE)
 
     def _session_keys(self, session_id: str) -> list[str]:
         return self.keys.session_keys(session_id)
 
+    def _index_keys(self, owner: str) -> list[str]:
+        """The owner index as a script's last key, on a single Redis; else none."""
+        return [self.keys.owner_index(owner)] if self._inline_index else []
+
     async def _touch_index(self, owner: str, session_id: str | None, updated_at: float) -> None:
-        """After a script succeeded: the owner index's TTL renewed and, for a write
-        (`session_id`), the session moved up to `updated_at` (never down: `GT`)."""
+        """On a cluster, after a script succeeded: the owner index's TTL renewed and, for a
+        write (`session_id`), the session moved up to `updated_at` (never down: `GT`). On a
+        single Redis the script did it already: nothing to do."""
+        if self._inline_index:
+            return
         index = self.keys.owner_index(owner)
         async with self._redis.pipeline(transaction=False) as pipe:
             if session_id is not None:
@@ -296,7 +330,7 @@ class SessionStore:
                 fields["metadata"] = orjson.dumps(metadata).decode()
             flat = [item for pair in fields.items() for item in pair]
             created = await self._create(
-                keys=self._session_keys(session_id),
+                keys=[*self._session_keys(session_id), *self._index_keys(owner)],
                 args=[
                     session_id,
                     repr(now),
@@ -326,7 +360,7 @@ class SessionStore:
         if not SESSION_ID_RE.fullmatch(session_id):
             raise _not_found(session_id)
         reply: list[Any] = await self._read(
-            keys=self._session_keys(session_id),
+            keys=[*self._session_keys(session_id), *self._index_keys(owner)],
             args=[owner, self.settings.session_ttl_ms, "1" if with_messages else "0"],
         )
         if _text(reply[0]) != "ok":
@@ -375,7 +409,11 @@ class SessionStore:
         now = time.time()
         token = release.token if release is not None else None
         reply: list[Any] = await self._append(
-            keys=[*self._session_keys(session_id), self.keys.lock(session_id)],
+            keys=[
+                *self._session_keys(session_id),
+                self.keys.lock(session_id),
+                *self._index_keys(owner),
+            ],
             args=[
                 owner,
                 expected_version,
@@ -413,7 +451,7 @@ class SessionStore:
             raise _not_found(session_id)
         now = time.time()
         reply: list[Any] = await self._set_metadata(
-            keys=self._session_keys(session_id),
+            keys=[*self._session_keys(session_id), *self._index_keys(owner)],
             args=[
                 owner,
                 orjson.dumps(dict(metadata)),
@@ -451,7 +489,7 @@ class SessionStore:
         now = time.time()
         pairs = [arg for index, m in replace.items() for arg in (index, orjson.dumps(m))]
         reply: list[Any] = await self._edit(
-            keys=self._session_keys(session_id),
+            keys=[*self._session_keys(session_id), *self._index_keys(owner)],
             args=[
                 owner,
                 expected_version,
@@ -561,8 +599,8 @@ class SessionStore:
     async def lock_and_load(
         self, session_id: str, owner: str
     ) -> tuple[RedisLock, SessionInfo, Messages]:
-        """`turn_lock` taken, then `load`, in one round trip per try (then the owner index's TTL
-        renewed, as `load` renews it): the held lock (release it), the info and every message.
+        """`turn_lock` taken, then `load`, in one round trip per try (the owner index's TTL
+        renewed as `load` renews it): the held lock (release it), the info and every message.
 
         As with the two calls: the lock is taken before the owner check, so a stranger (or a
         missing session) gets `NotFoundError` with the lock released; a lock that stays held
@@ -571,7 +609,11 @@ class SessionStore:
         if not SESSION_ID_RE.fullmatch(session_id):
             raise _not_found(session_id)
         lock = self._turn_lock(session_id)
-        keys = [self.keys.lock(session_id), *self._session_keys(session_id)]
+        keys = [
+            self.keys.lock(session_id),
+            *self._session_keys(session_id),
+            *self._index_keys(owner),
+        ]
         reply: list[Any] = []
 
         async def attempt(token: str, ttl_ms: int) -> bool:
