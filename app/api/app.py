@@ -22,6 +22,7 @@ from app.api.access_log import AccessLogMiddleware
 from app.api.auth import authenticate
 from app.api.batches_api import router as batches_router
 from app.api.batches_api import running_coordinator
+from app.api.chat import chat_completions
 from app.api.chat import router as chat_router
 from app.api.config import HttpSettings
 from app.api.conversations_api import router as conversations_router
@@ -29,12 +30,14 @@ from app.api.deps import ServicesDep
 from app.api.error_ring import ErrorRing, ErrorRingMiddleware
 from app.api.errors import install_error_handlers
 from app.api.files_api import router as files_router
+from app.api.hot_routes import HotRoutes
 from app.api.http_guard import RequestGuardMiddleware
 from app.api.metrics_api import router as metrics_router
 from app.api.middleware import RequestIdMiddleware
 from app.api.ollama_api import ollama_root
 from app.api.ollama_api import router as ollama_router
 from app.api.responses import JSONResponse
+from app.api.responses_api import create_response
 from app.api.responses_api import router as responses_router
 from app.api.sessions_api import router as sessions_router
 from app.api.status import router as status_router
@@ -50,6 +53,12 @@ from app.runtime import RuntimeHealth, SGLangClient
 from app.services import open_services
 
 log = structlog.get_logger(__name__)
+
+# Called ahead of FastAPI's router (`app.api.hot_routes`); also registered with it.
+HOT_DOORS = {
+    ("POST", "/v1/chat/completions"): chat_completions,
+    ("POST", "/v1/responses"): create_response,
+}
 
 # User-Agents of Ollama's own clients (the Python and JavaScript libraries, the CLI).
 OLLAMA_AGENTS = ("ollama-python/", "ollama-js/", "ollama/")
@@ -139,6 +148,8 @@ def create_app(
         redoc_url=None,
     )
     http = HttpSettings.load()
+    # Innermost: the hot doors skip FastAPI's router, inside everything below.
+    app.add_middleware(HotRoutes, doors=HOT_DOORS)
     app.add_middleware(
         RequestGuardMiddleware,
         settings=http,

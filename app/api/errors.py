@@ -61,12 +61,37 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"{first.get('msg', 'invalid value')}{where}{more}", param
 
 
+def _storage_error(exc: RedisError) -> CascadeError:
+    log.warning("redis_unavailable", exc_type=type(exc).__name__)
+    metrics.REDIS_ERRORS.labels("request").inc()
+    return RuntimeUnavailableError(
+        "cascade's storage (Redis) is not answering; retry shortly",
+        retry_after=2,
+        code="storage_unavailable",
+    )
+
+
+def exception_response(exc: Exception, scope: Scope) -> JSONResponse:
+    """The response for an exception a door raised: the same mapping FastAPI's handlers
+    (`install_error_handlers`) apply, for the doors dispatched ahead of FastAPI's router
+    (`app.api.hot_routes`). Their bodies are parsed by the door, so no validation error of
+    FastAPI's reaches here."""
+    if isinstance(exc, CascadeError):
+        if exc.status >= 500:
+            log.warning("request_failed", status=exc.status, code=exc.code)
+        return error_response(exc, scope)
+    if isinstance(exc, RedisError):
+        return error_response(_storage_error(exc), scope)
+    log.error("unhandled_exception", exc_type=type(exc).__name__, exc_info=exc)
+    return error_response(
+        InternalError("internal error; the operator can find it in the log"), scope
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CascadeError)
     async def _cascade(request: Request, exc: CascadeError) -> JSONResponse:
-        if exc.status >= 500:
-            log.warning("request_failed", status=exc.status, code=exc.code)
-        return error_response(exc, request.scope)
+        return exception_response(exc, request.scope)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -85,20 +110,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RedisError)
     async def _storage(request: Request, exc: RedisError) -> JSONResponse:
-        log.warning("redis_unavailable", exc_type=type(exc).__name__)
-        metrics.REDIS_ERRORS.labels("request").inc()
-        return error_response(
-            RuntimeUnavailableError(
-                "cascade's storage (Redis) is not answering; retry shortly",
-                retry_after=2,
-                code="storage_unavailable",
-            ),
-            request.scope,
-        )
+        return exception_response(exc, request.scope)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled_exception", exc_type=type(exc).__name__, exc_info=exc)
-        return error_response(
-            InternalError("internal error; the operator can find it in the log"), request.scope
-        )
+        return exception_response(exc, request.scope)
