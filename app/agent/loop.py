@@ -180,7 +180,10 @@ class AgentRun:
     def _request(self, messages: list[dict[str, Any]]) -> RuntimeRequest:
         left = self._budget_left()
         thinking = self.config.thinking and (left is None or left > 0)
-        req = RuntimeRequest(
+        # Built from checked parts (the request was validated at the door, the tool schemas
+        # at registration): constructing it without validating again saves a copy of the
+        # whole history and every tool schema per step.
+        req = RuntimeRequest.model_construct(
             messages=messages,
             tools=self.tool_defs or None,
             tool_choice=self._tool_choice() if self.tool_defs else None,
