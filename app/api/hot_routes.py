@@ -6,19 +6,20 @@ CPU per turn than the door's parsing and authentication together. The hot doors 
 them: they take only the `Request`, parse their own bodies and call their dependencies
 directly. `HotRoutes` is the innermost ASGI middleware (inside the request id, the access log,
 the error ring and the request guard, so each request is still named, logged, recorded and
-guarded exactly once) and calls those endpoints itself for their method and exact path (paths
-without parameters, so the path is also the route's template the access log reports);
+guarded exactly once) and calls those endpoints itself for their method and exact path;
 everything else goes on to FastAPI as before.
 
 Contract: the answers are the ones FastAPI gives for the same routes. Errors a door raises
 become responses through `app.api.errors.exception_response`, the mapping FastAPI's handlers
-use. The endpoints stay registered with FastAPI as well (its schema lists them, a test holds
-the two tables to one another).
+use; `scope["route"]` names the door's path (paths without parameters: the path is the
+template), where the access log and the error ring read a route's template. The endpoints stay
+registered with FastAPI as well (its schema lists them, a test holds the two to one another).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,17 +30,25 @@ from app.api.errors import exception_response
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+@dataclass(frozen=True, slots=True)
+class HotRoute:
+    """What `scope["route"]` holds for a hot door: its path, read as the route's template."""
+
+    path: str
+
+
 class HotRoutes:
     """See the module docstring. `doors` maps (method, path) to the endpoint to call."""
 
     def __init__(self, app: ASGIApp, *, doors: Mapping[tuple[str, str], Endpoint]) -> None:
         self.app = app
-        self.doors = dict(doors)
+        self.doors = {door: (HotRoute(door[1]), endpoint) for door, endpoint in doors.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            endpoint = self.doors.get((scope["method"], scope["path"]))
-            if endpoint is not None:
+            hit = self.doors.get((scope["method"], scope["path"]))
+            if hit is not None:
+                scope["route"], endpoint = hit
                 try:
                     response = await endpoint(Request(scope, receive))
                 except Exception as exc:

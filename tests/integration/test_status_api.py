@@ -171,9 +171,11 @@ def test_recent_errors_hold_route_templates_codes_and_request_ids(keyed: TestCli
     client.get("/v1/models")  # 401
     client.post("/v1/chat/completions", content=b"x", headers={"content-type": "text/plain"})
     client.get("/no/such/path?token=abc")
+    client.post("/v1/chat/completions", json={"messages": []}, headers=bearer)  # a hot door's 400
     errors = client.get("/status.json", headers=bearer).json()["recent_errors"]
     seen = [(e["method"], e["route"], e["status"], e["code"]) for e in errors]
-    assert seen[:4] == [
+    assert seen[0][:3] == ("POST", "/v1/chat/completions", 400)
+    assert seen[1:5] == [
         ("GET", "(no route)", 404, "not_found"),
         ("POST", "(no route)", 415, "unsupported_media_type"),
         ("GET", "/v1/models", 401, "missing_api_key"),
