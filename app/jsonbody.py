@@ -50,9 +50,19 @@ def parse_json(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise JsonBodyError("not valid JSON") from None
+    if _openers(raw) <= max_depth:
+        return value  # fewer containers than levels allowed (most bodies): no walk needed
     if isinstance(value, dict | list) and json_depth_exceeds(value, max_depth):
         raise JsonBodyError(f"JSON nests deeper than {max_depth} levels")
     return value
+
+
+def _openers(raw: bytes | str) -> int:
+    """How many `{` and `[` the text holds: every container starts with one (those inside
+    strings only add to the count), so the depth of the document is at most this."""
+    if isinstance(raw, str):
+        return raw.count("{") + raw.count("[")
+    return raw.count(b"{") + raw.count(b"[")
 
 
 def bounded_depth(value: Any) -> Any:

@@ -43,3 +43,14 @@ def test_invalid_json_is_a_json_body_error() -> None:
 def test_scalars_and_strings_with_brackets_are_not_depth() -> None:
     assert parse_json(b'"[[[[[[[[[["') == "[[[[[[[[[["
     assert parse_json(b"5") == 5
+
+
+def test_brackets_inside_strings_never_hide_a_deep_document() -> None:
+    # The quick count of openers sees these too; the walk still decides.
+    shallow = orjson.dumps({"text": "{[" * 500, "list": [[1]]})
+    assert parse_json(shallow)["list"] == [[1]]
+    deep = orjson.dumps({"text": "{[" * 500, "deep": orjson.loads(nested(MAX_JSON_DEPTH + 1))})
+    with pytest.raises(JsonBodyError):
+        parse_json(deep)
+    with pytest.raises(JsonBodyError):
+        parse_json(deep.decode())  # text is counted the same way
