@@ -208,9 +208,10 @@ def _text(value: bytes | str) -> str:
 
 
 def _pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
-    it = iter(flat)
     if flat and isinstance(flat[0], bytes):  # a client without decode_responses (cascade's)
-        return {k.decode(): v.decode() for k, v in zip(it, it, strict=True)}  # type: ignore[union-attr]
+        decoded = iter(map(bytes.decode, flat))  # type: ignore[arg-type]
+        return dict(zip(decoded, decoded, strict=True))
+    it = iter(flat)
     return {_text(k): _text(v) for k, v in zip(it, it, strict=True)}
 
 
