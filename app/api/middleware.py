@@ -35,5 +35,9 @@ class RequestIdMiddleware:
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=rid):
+        # Bound and reset by hand: `bound_contextvars` would add a generator per request.
+        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        try:
             await self.app(scope, receive, send_with_id)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
