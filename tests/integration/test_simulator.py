@@ -934,6 +934,26 @@ async def test_request_validation_errors(handle: SimHandle) -> None:
     assert empty.json()["message"] == "Messages cannot be empty."
 
 
+async def test_an_invalid_tool_schema_is_refused_every_time_a_valid_one_never(
+    handle: SimHandle,
+) -> None:
+    def tool(parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
+
+    bad = {"type": "object", "properties": {"a": {"type": 5}}}
+    good = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    async with client(handle) as http:
+        # Each verdict is remembered per schema: asked twice, answered the same twice.
+        refused = [await chat(http, messages=user("hi"), tools=tool(bad)) for _ in range(2)]
+        served = [await chat(http, messages=user("hi"), tools=tool(good)) for _ in range(2)]
+    for response in refused:
+        assert response.status_code == 400
+        assert response.json()["message"].startswith(
+            "Tool 0 function has invalid 'parameters' schema: 5 is not valid"
+        )
+    assert [r.status_code for r in served] == [200, 200]
+
+
 async def test_api_key_is_required_except_for_probes() -> None:
     with running_simulator(SimConfig(api_key="sekret")) as running:
         async with client(running) as http:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -134,6 +135,19 @@ class _Prepared:
     user_text: str
 
 
+@functools.lru_cache(maxsize=1024)
+def _schema_problem(schema_json: bytes) -> str | None:
+    """Draft 2020-12's verdict on one schema (its JSON text): the message of its `SchemaError`,
+    or None. Remembered per schema: the verdict depends on the text alone, and checking the
+    same tool schemas on every request was most of this simulator's CPU, which on a small
+    machine competes with the process under test (a real runtime checks on cores of its own)."""
+    try:
+        Draft202012Validator.check_schema(orjson.loads(schema_json))
+    except SchemaError as exc:
+        return str(exc)
+    return None
+
+
 def _validation_error(config: SimConfig, request: ChatRequest) -> str | None:
     """serving_chat.py `_validate_request` (the checks that apply to this model)."""
     if not request.messages:
@@ -162,10 +176,9 @@ def _validation_error(config: SimConfig, request: ChatRequest) -> str | None:
         # SGLang rewrites ORM-style type names ("int", "list[str]", ...) in place first, and
         # renders and parses with the rewritten schema.
         normalize_schema_types(tool.function.parameters)
-        try:
-            Draft202012Validator.check_schema(tool.function.parameters)  # type: ignore[arg-type]
-        except SchemaError as exc:
-            return f"Tool {i} function has invalid 'parameters' schema: {exc}"
+        problem = _schema_problem(orjson.dumps(tool.function.parameters))
+        if problem is not None:
+            return f"Tool {i} function has invalid 'parameters' schema: {problem}"
     format_problem = format_error(request.response_format, choice)
     if format_problem is not None:
         return format_problem
