@@ -34,6 +34,8 @@ from app.api.hot_routes import HotRoutes
 from app.api.http_guard import RequestGuardMiddleware
 from app.api.metrics_api import router as metrics_router
 from app.api.middleware import RequestIdMiddleware
+from app.api.ollama_api import chat as ollama_chat
+from app.api.ollama_api import generate as ollama_generate
 from app.api.ollama_api import ollama_root
 from app.api.ollama_api import router as ollama_router
 from app.api.responses import JSONResponse
@@ -58,6 +60,8 @@ log = structlog.get_logger(__name__)
 HOT_DOORS = {
     ("POST", "/v1/chat/completions"): chat_completions,
     ("POST", "/v1/responses"): create_response,
+    ("POST", "/api/chat"): ollama_chat,
+    ("POST", "/api/generate"): ollama_generate,
 }
 
 # User-Agents of Ollama's own clients (the Python and JavaScript libraries, the CLI).

@@ -1,4 +1,5 @@
-"""The hot doors, dispatched ahead of FastAPI's router: chat completions and Responses.
+"""The hot doors, dispatched ahead of FastAPI's router: chat completions, Responses, and
+Ollama's chat and generate.
 
 Every chat turn used to pass FastAPI's exception middleware, its exit stack, a match against
 every route and its endpoint wrapper before the door's own code ran; those layers cost more

@@ -49,7 +49,8 @@ from app.agent.ollama_protocol import (
 )
 from app.agent.protocol import ChatRequest
 from app.agent.turn import assemble_turn
-from app.api.deps import Owner, ServicesDep
+from app.api.auth import authenticate
+from app.api.deps import Owner, ServicesDep, services_of
 from app.api.responses import JSONResponse
 from app.api.streaming import event_stream, first_event
 from app.errors import CascadeError, InvalidRequestError, NotFoundError
@@ -208,16 +209,21 @@ async def pull(request: Request, services: ServicesDep, _: Owner) -> Response:
 # ----------------------------------------------------------------------------- chat, generate
 
 
+# Both take only the request (their dependencies called directly, as the chat door's are), so
+# they are hot doors (`app.api.hot_routes`).
 @router.post("/api/chat")
-async def chat(request: Request, services: ServicesDep, owner: Owner) -> Response:
+async def chat(request: Request) -> Response:
+    owner = await authenticate(request)
     req = parse_chat(await _body(request))
-    return await _answer(services, req, owner, has_input=bool(req.messages))
+    return await _answer(services_of(request), req, owner, has_input=bool(req.messages))
 
 
 @router.post("/api/generate")
-async def generate(request: Request, services: ServicesDep, owner: Owner) -> Response:
+async def generate(request: Request) -> Response:
+    owner = await authenticate(request)
     req = parse_generate(await _body(request))
-    return await _answer(services, req, owner, has_input=bool(req.prompt or req.images))
+    has_input = bool(req.prompt or req.images)
+    return await _answer(services_of(request), req, owner, has_input=has_input)
 
 
 async def _answer(

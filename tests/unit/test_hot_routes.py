@@ -100,15 +100,21 @@ def test_cascades_hot_doors_are_the_endpoints_their_routers_register_there() -> 
 
     from app.api.app import HOT_DOORS, create_app
     from app.api.chat import router as chat_router
+    from app.api.ollama_api import router as ollama_router
     from app.api.responses_api import router as responses_router
     from app.config import Settings
 
     app = create_app(Settings(redis_url=None))
     assert app.user_middleware[-1].cls is HotRoutes  # innermost: inside guard and access log
-    assert set(HOT_DOORS) == {("POST", "/v1/chat/completions"), ("POST", "/v1/responses")}
+    assert set(HOT_DOORS) == {
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/responses"),
+        ("POST", "/api/chat"),
+        ("POST", "/api/generate"),
+    }
     registered = {
         (method, route.path): route.endpoint
-        for route in [*chat_router.routes, *responses_router.routes]
+        for route in [*chat_router.routes, *responses_router.routes, *ollama_router.routes]
         if isinstance(route, APIRoute)
         for method in route.methods or ()
     }
