@@ -54,6 +54,7 @@ from app.runtime.sse import (
     StreamProtocolError,
     as_finish_reason,
     chunk_from_event,
+    decode_payload,
     parse_usage,
 )
 
@@ -353,7 +354,8 @@ class SGLangClient:
                             if not data:
                                 break
                             try:
-                                for event in decoder.feed(data):
+                                for payload in decoder.payloads(data):
+                                    event = decode_payload(payload)
                                     if event is DONE:
                                         finished = True
                                         break

@@ -44,18 +44,28 @@ class SSEDecoder:
         self._buf = b""
 
     def feed(self, data: bytes) -> Iterator[dict[str, Any] | object]:
+        for payload in self.payloads(data):
+            yield decode_payload(payload)
+
+    def payloads(self, data: bytes) -> list[bytes]:
+        """The data of each event that `data` completes, still to be decoded
+        (`decode_payload`) in order, so that what precedes a malformed event can be handed on
+        first; events without data (comments, keep-alives) are left out."""
         buf = self._buf + data if self._buf else data
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
         *events, self._buf = buf.split(b"\n\n")
+        out = []
         for event in events:
             # SGLang's events are one `data: ` line each: taken without splitting lines.
             if event.startswith(b"data: ") and b"\n" not in event:
-                decoded = _decode_payload(event[6:]) if len(event) > 6 else None
+                if len(event) > 6:
+                    out.append(event[6:])
             else:
-                decoded = _decode_event(event)
-            if decoded is not None:
-                yield decoded
+                payload = _event_data(event)
+                if payload:
+                    out.append(payload)
+        return out
 
     @property
     def pending(self) -> bool:
@@ -63,7 +73,7 @@ class SSEDecoder:
         return bool(self._buf.strip())
 
 
-def _decode_event(event: bytes) -> dict[str, Any] | object | None:
+def _event_data(event: bytes) -> bytes:
     payload = b""
     for line in event.split(b"\n"):
         if line.startswith(b"data:"):
@@ -72,10 +82,12 @@ def _decode_event(event: bytes) -> dict[str, Any] | object | None:
                 piece = piece[1:]
             payload = piece if not payload else payload + b"\n" + piece
         # Comments (":") and other fields (event:, id:, retry:) carry nothing for us.
-    return _decode_payload(payload) if payload else None
+    return payload
 
 
-def _decode_payload(payload: bytes) -> dict[str, Any] | object | None:
+def decode_payload(payload: bytes) -> dict[str, Any] | object:
+    """One event's data → its JSON object, or `DONE`; raises `StreamProtocolError` for
+    anything else."""
     if payload == b"[DONE]":
         return DONE
     try:
