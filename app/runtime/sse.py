@@ -54,7 +54,8 @@ class SSEDecoder:
         buf = self._buf + data if self._buf else data
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
-        *events, self._buf = buf.split(b"\n\n")
+        events = buf.split(b"\n\n")
+        self._buf = events.pop()  # what follows the last blank line: a partial event, or b""
         out = []
         for event in events:
             # SGLang's events are one `data: ` line each: taken without splitting lines.
