@@ -216,18 +216,19 @@ class AgentRun:
             yield completion
             return
         builder = CompletionBuilder()
+        # The step's text so far is the builder's (what partial_messages() stores when cut).
+        self._step_reasoning = builder.reasoning
+        self._step_content = builder.content
+        relay_content = self.answer is None  # a structured answer is sent once it is checked
         client_index: dict[int, int] = {}
         with _runtime_call(rid, stream=True):
             async with aclosing(self.runtime.stream(req, rid=rid)) as chunks:
                 async for chunk in chunks:
                     builder.add(chunk)
                     if chunk.reasoning_content:
-                        self._step_reasoning.append(chunk.reasoning_content)
                         yield ReasoningDelta(chunk.reasoning_content)
-                    if chunk.content:
-                        self._step_content.append(chunk.content)
-                        if self.answer is None:  # a structured answer is sent once it is checked
-                            yield ContentDelta(chunk.content)
+                    if chunk.content and relay_content:
+                        yield ContentDelta(chunk.content)
                     for delta in chunk.tool_calls or ():
                         # Client calls stream on as they arrive, renumbered among client calls;
                         # server calls are the loop's business and stay in.

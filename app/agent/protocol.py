@@ -6,10 +6,10 @@
   `thinking_budget`, `server_tools`, `preserve_thinking`, `confirm_tool_calls`) are reachable
   through the SDK's `extra_body`.
 - Responses: `completion_body` (and its `usage`, `tool_calls` and `cascade` parts).
-- Stream chunks: `ChunkWriter`, with pre-serialised byte prefixes: a content delta costs one
-  `orjson.dumps` of its text and a few byte concatenations, which is what keeps cascade's CPU
-  per relayed chunk small. Extension fields (`session_id`, `cascade`) are ignored by standard
-  clients.
+- Stream chunks: `ChunkWriter`, with pre-serialised bytes: a content (or reasoning) delta
+  costs one `orjson.dumps` of its text and one join with the bytes around it, rendered once
+  per response, which is what keeps cascade's CPU per relayed chunk small. Extension fields
+  (`session_id`, `cascade`) are ignored by standard clients.
 - Errors: the body is `CascadeError.to_body()` (`app.errors`), in a response or a chunk.
 
 Shared by the HTTP API and the batch workers, so a batch line means what a request means.
@@ -426,10 +426,13 @@ def completion_body(
 # ----------------------------------------------------------------------------- stream chunks
 
 
+_TEXT_TAIL = b'},"finish_reason":null}]}\n\n'
+
+
 class ChunkWriter:
     """Serialises the chunks of one streamed response."""
 
-    __slots__ = ("_head", "_plain_head")
+    __slots__ = ("_content_head", "_head", "_plain_head", "_reasoning_head")
 
     def __init__(self, *, cid: str, model: str) -> None:
         created = int(time.time())
@@ -438,6 +441,9 @@ class ChunkWriter:
         )[:-1]
         self._plain_head = b"data: " + common
         self._head = self._plain_head + b',"choices":[{"index":0,"delta":{'
+        # The text deltas (nearly every chunk): everything but the text, rendered once.
+        self._content_head = self._head + b'"content":'
+        self._reasoning_head = self._head + b'"reasoning_content":'
 
     def _delta(self, inner: bytes, finish: bytes = b"null", extra: bytes = b"") -> bytes:
         return self._head + inner + b'},"finish_reason":' + finish + b"}]" + extra + b"}\n\n"
@@ -447,10 +453,10 @@ class ChunkWriter:
         return self._delta(b'"role":"assistant","content":""', extra=extra)
 
     def content(self, text: str) -> bytes:
-        return self._delta(b'"content":' + orjson.dumps(text))
+        return b"".join((self._content_head, orjson.dumps(text), _TEXT_TAIL))
 
     def reasoning(self, text: str) -> bytes:
-        return self._delta(b'"reasoning_content":' + orjson.dumps(text))
+        return b"".join((self._reasoning_head, orjson.dumps(text), _TEXT_TAIL))
 
     def tool_call(self, index: int, call_id: str | None, name: str | None, args: str) -> bytes:
         call: dict[str, Any] = {"index": index, "function": {"arguments": args}}

@@ -9,7 +9,7 @@ relayed stream event (hundreds per answer) and validation happens once, in the S
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -154,7 +154,6 @@ class Chunk:
     usage: Usage | None = None
     thinking: ThinkingReport | None = None
     rid: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class RuntimeHealth(BaseModel):

@@ -44,20 +44,29 @@ class SSEDecoder:
         self._buf = b""
 
     def feed(self, data: bytes) -> Iterator[dict[str, Any] | object]:
+        for payload in self.payloads(data):
+            yield decode_payload(payload)
+
+    def payloads(self, data: bytes) -> list[bytes]:
+        """The data of each event that `data` completes, still to be decoded
+        (`decode_payload`) in order, so that what precedes a malformed event can be handed on
+        first; events without data (comments, keep-alives) are left out."""
         buf = self._buf + data if self._buf else data
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
-        start = 0
-        while True:
-            end = buf.find(b"\n\n", start)
-            if end < 0:
-                break
-            event = buf[start:end]
-            start = end + 2
-            decoded = _decode_event(event)
-            if decoded is not None:
-                yield decoded
-        self._buf = buf[start:]
+        events = buf.split(b"\n\n")
+        self._buf = events.pop()  # what follows the last blank line: a partial event, or b""
+        out = []
+        for event in events:
+            # SGLang's events are one `data: ` line each: taken without splitting lines.
+            if event.startswith(b"data: ") and b"\n" not in event:
+                if len(event) > 6:
+                    out.append(event[6:])
+            else:
+                payload = _event_data(event)
+                if payload:
+                    out.append(payload)
+        return out
 
     @property
     def pending(self) -> bool:
@@ -65,7 +74,7 @@ class SSEDecoder:
         return bool(self._buf.strip())
 
 
-def _decode_event(event: bytes) -> dict[str, Any] | object | None:
+def _event_data(event: bytes) -> bytes:
     payload = b""
     for line in event.split(b"\n"):
         if line.startswith(b"data:"):
@@ -74,8 +83,12 @@ def _decode_event(event: bytes) -> dict[str, Any] | object | None:
                 piece = piece[1:]
             payload = piece if not payload else payload + b"\n" + piece
         # Comments (":") and other fields (event:, id:, retry:) carry nothing for us.
-    if not payload:
-        return None
+    return payload
+
+
+def decode_payload(payload: bytes) -> dict[str, Any] | object:
+    """One event's data → its JSON object, or `DONE`; raises `StreamProtocolError` for
+    anything else."""
     if payload == b"[DONE]":
         return DONE
     try:
@@ -114,54 +127,53 @@ def chunk_from_event(obj: dict[str, Any]) -> Chunk | None:
 
     Raises `StreamErrorEvent` for an error event.
     """
-    if "error" in obj and "choices" not in obj:
-        err = obj["error"]
-        if isinstance(err, dict):
-            code = err.get("code")
-            raise StreamErrorEvent(
-                str(err.get("message", "")), code if isinstance(code, int) else None
-            )
-        raise StreamErrorEvent(str(err), None)
     choices = obj.get("choices")
-    usage_raw = obj.get("usage")
     if not choices:
-        usage = _usage(usage_raw)
+        if "error" in obj and "choices" not in obj:
+            err = obj["error"]
+            if isinstance(err, dict):
+                code = err.get("code")
+                raise StreamErrorEvent(
+                    str(err.get("message", "")), code if isinstance(code, int) else None
+                )
+            raise StreamErrorEvent(str(err), None)
+        usage = _usage(obj.get("usage"))
         return Chunk(usage=usage) if usage is not None else None
     choice = choices[0]
     delta = choice.get("delta") or {}
-    chunk = Chunk(
-        reasoning_content=delta.get("reasoning_content") or None,
-        content=delta.get("content") or None,
-    )
+    reasoning = delta.get("reasoning_content") or None
+    content = delta.get("content") or None
     raw_calls = delta.get("tool_calls")
-    if raw_calls:
-        calls = []
-        for i, call in enumerate(raw_calls):
-            fn = call.get("function") or {}
-            idx = call.get("index")
-            calls.append(
-                ToolCallDelta(
-                    index=idx if isinstance(idx, int) else i,
-                    id=call.get("id"),
-                    name=fn.get("name"),
-                    arguments=fn.get("arguments") or "",
-                )
-            )
-        chunk.tool_calls = calls
     finish = choice.get("finish_reason")
-    if finish is not None:
-        chunk.finish_reason = finish if finish in _FINISH_REASONS else "stop"
-    if (
-        chunk.reasoning_content is None
-        and chunk.content is None
-        and chunk.tool_calls is None
-        and chunk.finish_reason is None
-    ):
+    if reasoning is None and content is None and not raw_calls and finish is None:
         return None  # e.g. the opening role chunk: nothing to relay
-    if isinstance(usage_raw, dict):
+    usage_raw = obj.get("usage")
+    return Chunk(
+        reasoning_content=reasoning,
+        content=content,
+        tool_calls=_tool_call_deltas(raw_calls) if raw_calls else None,
+        finish_reason=None if finish is None else as_finish_reason(finish),
         # continuous_usage_stats: running counts on every chunk.
-        chunk.completion_tokens = usage_raw.get("completion_tokens")
-    return chunk
+        completion_tokens=usage_raw.get("completion_tokens")
+        if isinstance(usage_raw, dict)
+        else None,
+    )
+
+
+def _tool_call_deltas(raw_calls: Any) -> list[ToolCallDelta]:
+    calls = []
+    for i, call in enumerate(raw_calls):
+        fn = call.get("function") or {}
+        idx = call.get("index")
+        calls.append(
+            ToolCallDelta(
+                index=idx if isinstance(idx, int) else i,
+                id=call.get("id"),
+                name=fn.get("name"),
+                arguments=fn.get("arguments") or "",
+            )
+        )
+    return calls
 
 
 def as_finish_reason(value: Any) -> FinishReason:

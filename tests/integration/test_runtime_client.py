@@ -142,6 +142,37 @@ async def test_hanging_runtime_hits_the_read_timeout(sim: SimHandle) -> None:
     assert time.monotonic() - started < 5
 
 
+async def test_a_stream_that_stalls_mid_answer_hits_the_read_timeout(sim: SimHandle) -> None:
+    sim.sim.add_rule(Rule(output="one two three", tpot=3.0))
+    client = SGLangClient(settings_for(sim, runtime_read_timeout=0.3, runtime_max_retries=0))
+    received: list[str] = []
+    try:
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeoutError) as info:
+            async for chunk in client.stream(RuntimeRequest(messages=Q)):
+                received.append(chunk.content or "")
+    finally:
+        await client.aclose()
+    assert received == ["one"]  # the first token came at once, the second never in time
+    assert info.value.message == "the runtime stopped sending tokens"
+    assert time.monotonic() - started < 2.5
+
+
+async def test_a_slow_consumer_is_not_the_runtime_s_silence(sim: SimHandle) -> None:
+    """The read timeout counts the time the stream waits for the runtime, not the time its
+    consumer takes between chunks."""
+    sim.sim.add_rule(Rule(output="one two three four", tpot=0.05))
+    client = SGLangClient(settings_for(sim, runtime_read_timeout=0.3, runtime_max_retries=0))
+    texts: list[str] = []
+    try:
+        async for chunk in client.stream(RuntimeRequest(messages=Q)):
+            texts.append(chunk.content or "")
+            await asyncio.sleep(0.4)
+    finally:
+        await client.aclose()
+    assert "".join(texts) == "one two three four"
+
+
 async def test_abort_by_rid_stops_the_generation(sim: SimHandle) -> None:
     sim.sim.add_rule(Rule(output="word " * 500, tpot=0.01))
     client = SGLangClient(settings_for(sim))

@@ -94,6 +94,31 @@ def test_crlf_and_comments_are_accepted() -> None:
     assert len(events) == 2 and events[1] is DONE
 
 
+def test_events_other_than_one_data_line_decode_the_same() -> None:
+    """SGLang's one-`data: `-line events take a short path; every other form of an event
+    (no space after the colon, the JSON over two data lines, an id field, an empty data
+    line) still decodes as the event stream format says."""
+    payload = orjson.dumps({"choices": [{"index": 0, "delta": {"content": "x"}}]})
+    half = 1  # after the opening brace: a newline there is JSON whitespace
+    raw = (
+        b"data: " + payload + b"\n\n"
+        b"data:" + payload + b"\n\n"
+        b"data: " + payload[:half] + b"\ndata: " + payload[half:] + b"\n\n"
+        b"id: 7\ndata: " + payload + b"\n\n"
+        b"data: \n\n"
+        b"data: [DONE]\n\n"
+    )
+    events = list(SSEDecoder().feed(raw))
+    assert events[-1] is DONE
+    first = orjson.loads(payload)
+    assert events[:-1] == [
+        first,
+        first,
+        orjson.loads(payload[:half] + b"\n" + payload[half:]),
+        first,
+    ]
+
+
 def test_malformed_event_raises() -> None:
     with pytest.raises(StreamProtocolError):
         list(SSEDecoder().feed(b"data: {not json\n\n"))
