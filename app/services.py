@@ -29,6 +29,7 @@ from app.sealed import SealedBox, derive_key
 from app.sessions.config import SessionSettings
 from app.sessions.idempotency import IdempotencyStore
 from app.sessions.ledger import Ledger
+from app.sessions.lock import settle_releases
 from app.sessions.responses_store import ResponseStore
 from app.sessions.store import SessionStore
 from tools import build_registry, load_tool_settings
@@ -59,6 +60,7 @@ class Services:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def aclose(self) -> None:
+        await settle_releases(1.0)  # turn locks released late, while Redis is still open
         for closer in reversed(self.closers):
             try:
                 await closer()

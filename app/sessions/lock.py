@@ -73,6 +73,20 @@ _CLEANUP_EXTRA = 60.0
 _cleanups: set[asyncio.Task[None]] = set()
 
 
+async def settle_releases(seconds: float) -> None:
+    """Wait up to `seconds` for the releases retried in the background to finish, then
+    cancel the rest (their locks expire with their ttl). For a shutdown, before the Redis client
+    closes: a release still running then would be dropped with its connection half-used."""
+    pending = set(_cleanups)
+    if not pending:
+        return
+    _, left = await asyncio.wait(pending, timeout=seconds)
+    for task in left:
+        task.cancel()
+    if left:
+        await asyncio.gather(*left, return_exceptions=True)
+
+
 class LockScripts:
     """The lock's three scripts registered on one client: built once by a caller that makes
     many locks (one per session turn), instead of once per lock."""

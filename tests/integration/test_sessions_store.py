@@ -23,7 +23,7 @@ from app.sessions import (
     load_session_settings,
 )
 from app.sessions.idempotency import IdempotencyStore
-from app.sessions.lock import RedisLock
+from app.sessions.lock import RedisLock, _cleanups, settle_releases
 from tests.clock import ManualClock
 from tests.redis_server import RedisServer
 
@@ -635,6 +635,7 @@ async def test_a_release_that_fails_while_redis_is_down_happens_once_it_is_back(
         own_redis_server.start()
         await _wait_until_free(client, store.keys.lock(session.id), 3.0)
     finally:
+        await settle_releases(2.0)
         await client.aclose()
 
 
@@ -656,4 +657,6 @@ async def test_an_acquire_cut_by_a_frozen_redis_leaves_no_lock_behind(
         async with store.turn_lock(session.id):
             assert time.monotonic() - started < 2.0
     finally:
+        await settle_releases(2.0)  # the cut acquire's background release, before the close
+        assert not _cleanups
         await client.aclose()
