@@ -7,7 +7,6 @@ more than one partial event.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -36,16 +35,12 @@ DONE = object()
 
 
 class SSEDecoder:
-    """Feed bytes, get decoded events (dicts, or `DONE`)."""
+    """Feed bytes, get each complete event's data (`decode_payload` makes it a dict or `DONE`)."""
 
     __slots__ = ("_buf",)
 
     def __init__(self) -> None:
         self._buf = b""
-
-    def feed(self, data: bytes) -> Iterator[dict[str, Any] | object]:
-        for payload in self.payloads(data):
-            yield decode_payload(payload)
 
     def payloads(self, data: bytes) -> list[bytes]:
         """The data of each event that `data` completes, still to be decoded

@@ -9,7 +9,13 @@ from app.runtime.sse import (
     StreamErrorEvent,
     StreamProtocolError,
     chunk_from_event,
+    decode_payload,
 )
+
+
+def decoded(decoder: SSEDecoder, data: bytes) -> list[object]:
+    """The events `data` completes, decoded in order (as the runtime client decodes them)."""
+    return [decode_payload(payload) for payload in decoder.payloads(data)]
 
 
 def _events(*objs: object) -> bytes:
@@ -64,7 +70,7 @@ def test_decoder_is_independent_of_how_bytes_are_split(piece: int) -> None:
     decoder = SSEDecoder()
     events = []
     for i in range(0, len(STREAM), piece):
-        events.extend(decoder.feed(STREAM[i : i + piece]))
+        events.extend(decoded(decoder, STREAM[i : i + piece]))
     assert events[-1] is DONE
     chunks = [chunk_from_event(e) for e in events[:-1]]  # type: ignore[arg-type]
     assert chunks[0] is None  # the role chunk carries no text
@@ -90,7 +96,7 @@ def test_crlf_and_comments_are_accepted() -> None:
         + orjson.dumps({"choices": [{"index": 0, "delta": {"content": "x"}}]})
         + b"\r\n\r\ndata: [DONE]\r\n\r\n"
     )
-    events = list(decoder.feed(raw))
+    events = decoded(decoder, raw)
     assert len(events) == 2 and events[1] is DONE
 
 
@@ -108,7 +114,7 @@ def test_events_other_than_one_data_line_decode_the_same() -> None:
         b"data: \n\n"
         b"data: [DONE]\n\n"
     )
-    events = list(SSEDecoder().feed(raw))
+    events = decoded(SSEDecoder(), raw)
     assert events[-1] is DONE
     first = orjson.loads(payload)
     assert events[:-1] == [
@@ -121,7 +127,7 @@ def test_events_other_than_one_data_line_decode_the_same() -> None:
 
 def test_malformed_event_raises() -> None:
     with pytest.raises(StreamProtocolError):
-        list(SSEDecoder().feed(b"data: {not json\n\n"))
+        decoded(SSEDecoder(), b"data: {not json\n\n")
 
 
 def test_error_event_raises_with_upstream_text_kept_apart() -> None:
@@ -133,7 +139,7 @@ def test_error_event_raises_with_upstream_text_kept_apart() -> None:
 
 def test_partial_event_is_reported_pending() -> None:
     decoder = SSEDecoder()
-    assert list(decoder.feed(b'data: {"choices": [')) == []
+    assert decoded(decoder, b'data: {"choices": [') == []
     assert decoder.pending
 
 
