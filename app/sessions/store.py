@@ -265,6 +265,10 @@ class SessionStore:
         """The owner index as a script's last key, on a single Redis; else none."""
         return [self.keys.owner_index(owner)] if self._inline_index else []
 
+    def _keys_and_index(self, session_id: str, owner: str) -> list[str]:
+        """A session script's KEYS: the session's own, then the owner index (`_index_keys`)."""
+        return [*self._session_keys(session_id), *self._index_keys(owner)]
+
     async def _touch_index(self, owner: str, session_id: str | None, updated_at: float) -> None:
         """On a cluster, after a script succeeded: the owner index's TTL renewed and, for a
         write (`session_id`), the session moved up to `updated_at` (never down: `GT`). On a
@@ -331,7 +335,7 @@ class SessionStore:
                 fields["metadata"] = orjson.dumps(metadata).decode()
             flat = [item for pair in fields.items() for item in pair]
             created = await self._create(
-                keys=[*self._session_keys(session_id), *self._index_keys(owner)],
+                keys=self._keys_and_index(session_id, owner),
                 args=[
                     session_id,
                     repr(now),
@@ -361,7 +365,7 @@ class SessionStore:
         if not SESSION_ID_RE.fullmatch(session_id):
             raise _not_found(session_id)
         reply: list[Any] = await self._read(
-            keys=[*self._session_keys(session_id), *self._index_keys(owner)],
+            keys=self._keys_and_index(session_id, owner),
             args=[owner, self.settings.session_ttl_ms, "1" if with_messages else "0"],
         )
         if _text(reply[0]) != "ok":
@@ -452,7 +456,7 @@ class SessionStore:
             raise _not_found(session_id)
         now = time.time()
         reply: list[Any] = await self._set_metadata(
-            keys=[*self._session_keys(session_id), *self._index_keys(owner)],
+            keys=self._keys_and_index(session_id, owner),
             args=[
                 owner,
                 orjson.dumps(dict(metadata)),
@@ -490,7 +494,7 @@ class SessionStore:
         now = time.time()
         pairs = [arg for index, m in replace.items() for arg in (index, orjson.dumps(m))]
         reply: list[Any] = await self._edit(
-            keys=[*self._session_keys(session_id), *self._index_keys(owner)],
+            keys=self._keys_and_index(session_id, owner),
             args=[
                 owner,
                 expected_version,
