@@ -42,11 +42,11 @@ def test_the_floor_reads_and_writes_a_session_once_per_turn_and_relays_each_even
         session_id = first.json()["session_id"]
         assert first.json()["choices"][0]["message"]["content"] == "A short answer."
 
-        stats = redis.Redis.from_url(redis_server.url)
-        stats.config_resetstat()
         turn = {"model": "m", "messages": [{"role": "user", "content": "again"}]}
-        client.post(CHAT, json={**turn, "session_id": session_id}).raise_for_status()
-        used = commands(stats)
+        with redis.Redis.from_url(redis_server.url) as stats:  # closed: no socket left to the GC
+            stats.config_resetstat()
+            client.post(CHAT, json={**turn, "session_id": session_id}).raise_for_status()
+            used = commands(stats)
         assert (used.get("get"), used.get("set")) == (1, 1)
 
         texts = []
